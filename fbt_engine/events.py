@@ -1,0 +1,131 @@
+"""The event protocol between the engine and its readers (stdlib only).
+
+JSON Lines, one object per line, UTF-8. Every object carries `v` (protocol version), `type`,
+`run` (run name) and `t` (seconds since the run started). Readers ignore unknown types and
+fields; a line that does not parse is returned as `LogLine` so it can be shown as log text.
+The same decoder reads a live stream and an `events.jsonl` file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+PROTOCOL_VERSION = 1
+
+# The types this version emits. Readers must tolerate others.
+STARTED = "started"
+STEP = "step"
+EVAL = "eval"
+CHECKPOINT = "checkpoint"
+FINISHED = "finished"
+FAILED = "failed"
+LOG = "log"
+PHASE = "phase"  # e.g. teacher training starts / distillation starts
+EVENT_TYPES = (STARTED, STEP, EVAL, CHECKPOINT, FINISHED, FAILED, LOG, PHASE)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One decoded event. `data` holds every field except the four common ones."""
+
+    type: str
+    run: str
+    t: float
+    data: dict[str, Any] = field(default_factory=dict)
+    v: int = PROTOCOL_VERSION
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": self.v, "type": self.type, "run": self.run, "t": self.t, **self.data}
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line that is not a protocol event (stray print, warning, partial write)."""
+
+    text: str
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: encode them as strings so a diverging loss still round-trips."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode(event: Event) -> str:
+    """One event as one JSON line (with the trailing newline)."""
+    return json.dumps(_clean(event.to_dict()), separators=(",", ":"), default=str) + "\n"
+
+
+def decode(line: str) -> Event | LogLine | None:
+    """Decode one line. Blank lines give None; non-protocol lines give LogLine."""
+    text = line.strip()
+    if not text:
+        return None
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return LogLine(line.rstrip("\n"))
+    if not isinstance(obj, dict) or "type" not in obj:
+        return LogLine(line.rstrip("\n"))
+    data = {k: v for k, v in obj.items() if k not in ("v", "type", "run", "t")}
+    try:
+        t = float(obj.get("t", 0.0))
+    except (TypeError, ValueError):
+        t = 0.0
+    return Event(type=str(obj["type"]), run=str(obj.get("run", "")), t=t, data=data,
+                 v=int(obj.get("v", PROTOCOL_VERSION)) if str(obj.get("v", "")).isdigit() else PROTOCOL_VERSION)
+
+
+def iter_events(lines: Iterable[str]) -> Iterator[Event | LogLine]:
+    for line in lines:
+        item = decode(line)
+        if item is not None:
+            yield item
+
+
+def read_events(path: str | Path) -> list[Event | LogLine]:
+    """Read a whole events.jsonl (a torn last line becomes a LogLine, never an exception)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return list(iter_events(fh))
+
+
+class Emitter:
+    """The one place events are written: to the run's events.jsonl and optionally to a stream.
+
+    Each event is flushed at once so a reader tailing the file or the pipe sees it live.
+    """
+
+    def __init__(self, run: str, path: str | Path | None = None, stream: IO[str] | None = None,
+                 enabled: bool = True) -> None:
+        self.run = run
+        self.t0 = time.monotonic()
+        self.enabled = enabled
+        self._file = open(path, "a", encoding="utf-8") if (path is not None and enabled) else None
+        self._stream = stream if enabled else None
+
+    def emit(self, type: str, **data: Any) -> Event:
+        event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)
+        line = encode(event)
+        for out in (self._file, self._stream):
+            if out is not None:
+                out.write(line)
+                out.flush()
+        return event
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
