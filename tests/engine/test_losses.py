@@ -1,0 +1,408 @@
+"""Losses: golden values from independent float64 references, gradchecks, detached target sides,
+method objectives (term names, weighting), and OFA branch shapes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fbt_engine.config import LossConfig
+from fbt_engine.errors import ConfigError
+from fbt_engine.losses import (LOSSES, FBTObjective, InfoNCE, Outputs, build_objective, ce_loss,
+                               kd_loss, ofa_loss)
+from fbt_engine.ofa_branches import OFABranches, build_ofa_branches
+
+N, C = 4, 5
+
+
+def _t(seed: int, *shape: int, scale: float = 2.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+
+LABELS = torch.tensor([0, 3, 1, 4])
+SOFT = torch.tensor([[0.7, 0.1, 0.1, 0.05, 0.05],
+                     [0.0, 0.2, 0.0, 0.8, 0.0],
+                     [0.25, 0.5, 0.25, 0.0, 0.0],
+                     [0.1, 0.1, 0.1, 0.1, 0.6]], dtype=torch.float64)
+
+
+# --- independent references: plain Python/numpy loops in float64 -----------------------------
+
+def _softmax_row(z: np.ndarray, t: float = 1.0) -> list[float]:
+    e = [math.exp(v / t) for v in z]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def _ref_ce(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> float:
+    z = logits.numpy()
+    total = 0.0
+    for n in range(z.shape[0]):
+        q = _softmax_row(z[n])
+        dist = [0.0] * z.shape[1]
+        if target.ndim == 1:
+            dist[int(target[n])] = 1.0
+        else:
+            dist = list(target[n].numpy())
+        dist = [(1 - smoothing) * d + smoothing / z.shape[1] for d in dist]
+        total += -sum(d * math.log(qc) for d, qc in zip(dist, q))
+    return total / z.shape[0]
+
+
+def _ref_kd(s: torch.Tensor, t: torch.Tensor, temp: float) -> float:
+    total = 0.0
+    for n in range(s.shape[0]):
+        q, p = _softmax_row(s[n].numpy(), temp), _softmax_row(t[n].numpy(), temp)
+        total += sum(pc * (math.log(pc) - math.log(qc)) for pc, qc in zip(p, q))
+    return temp * temp * total / s.shape[0]
+
+
+def _ref_ofa(s: torch.Tensor, t: torch.Tensor, target: torch.Tensor, eps: float, temp: float) -> float:
+    total = 0.0
+    for n in range(s.shape[0]):
+        q, p = _softmax_row(s[n].numpy(), temp), _softmax_row(t[n].numpy(), temp)
+        y = int(np.argmax(target[n].numpy())) if target.ndim == 2 else int(target[n])
+        for c in range(s.shape[1]):
+            m = 1.0 if c == y else 0.0
+            total -= ((p[c] + m) ** eps - m) * math.log(q[c])
+    return total / s.shape[0]
+
+
+def _ref_nce(module: InfoNCE, fs: torch.Tensor, ft: torch.Tensor) -> float:
+    ws, bs = module.proj_student.weight.detach().numpy(), module.proj_student.bias.detach().numpy()
+    wt, bt = module.proj_target.weight.detach().numpy(), module.proj_target.bias.detach().numpy()
+    tau = min(max(math.exp(module.log_tau.item()), 0.01), 1.0)
+
+    def unit(v: np.ndarray) -> np.ndarray:
+        return v / math.sqrt(sum(x * x for x in v))
+
+    q = [unit(ws @ row + bs) for row in fs.numpy()]
+    k = [unit(wt @ row + bt) for row in ft.numpy()]
+    n = len(q)
+    sim = [[float(np.dot(q[i], k[j])) / tau for j in range(n)] for i in range(n)]
+    loss_qk = sum(-sim[i][i] + math.log(sum(math.exp(sim[i][j]) for j in range(n))) for i in range(n)) / n
+    loss_kq = sum(-sim[j][j] + math.log(sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    return 0.5 * (loss_qk + loss_kq)
+
+
+def _nce(d_s: int = 6, d_t: int = 7, dim: int = 3, tau: float = 0.07) -> InfoNCE:
+    torch.manual_seed(0)
+    return InfoNCE(d_s, d_t, dim, tau).double()
+
+
+# --- golden values --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_ce_golden_hard_and_soft(smoothing: float) -> None:
+    z = _t(1, N, C)
+    assert ce_loss(z, LABELS, smoothing).item() == pytest.approx(_ref_ce(z, LABELS, smoothing), rel=1e-10)
+    assert ce_loss(z, SOFT, smoothing).item() == pytest.approx(_ref_ce(z, SOFT, smoothing), rel=1e-10)
+
+
+@pytest.mark.parametrize("temp", [1.0, 4.0])
+def test_kd_golden(temp: float) -> None:
+    s, t = _t(2, N, C), _t(3, N, C)
+    assert kd_loss(s, t, temp).item() == pytest.approx(_ref_kd(s, t, temp), rel=1e-10)
+    assert kd_loss(t, t, temp).item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("eps,temp", [(1.0, 1.0), (1.5, 1.0), (2.0, 3.0)])
+def test_ofa_golden(eps: float, temp: float) -> None:
+    s, t = _t(4, N, C), _t(5, N, C)
+    assert ofa_loss(s, t, LABELS, eps, temp).item() == pytest.approx(_ref_ofa(s, t, LABELS, eps, temp), rel=1e-10)
+    # soft targets: the label mask is the argmax
+    assert ofa_loss(s, t, SOFT, eps, temp).item() == pytest.approx(_ref_ofa(s, t, SOFT, eps, temp), rel=1e-10)
+
+
+def test_ofa_eps1_is_soft_label_ce() -> None:
+    s, t = _t(6, N, C), _t(7, N, C)
+    for temp in (1.0, 2.5):
+        p = F.softmax(t / temp, dim=1)
+        want = ce_loss(s / temp, p)
+        assert torch.allclose(ofa_loss(s, t, LABELS, 1.0, temp), want, rtol=1e-12, atol=1e-12)
+
+
+def test_ofa_sharpens_target_class() -> None:
+    # eps > 1 puts more weight on the labelled class than eps = 1 (OFA-KD's motivation)
+    s, t = torch.zeros(1, C, dtype=torch.float64), _t(8, 1, C)
+    y = torch.tensor([2])
+    g1 = torch.autograd.functional.jacobian(lambda z: ofa_loss(z, t, y, 1.0), s)[0, 2]
+    g2 = torch.autograd.functional.jacobian(lambda z: ofa_loss(z, t, y, 2.0), s)[0, 2]
+    assert g2 < g1  # stronger push up on the target logit
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_infonce_golden(tau: float) -> None:
+    m = _nce(tau=tau)
+    fs, ft = _t(9, N, 6), _t(10, N, 7)
+    assert m(fs, ft).item() == pytest.approx(_ref_nce(m, fs, ft), rel=1e-10)
+
+
+def test_infonce_tau_clamped() -> None:
+    m = _nce(tau=0.07)
+    with torch.no_grad():
+        m.log_tau.fill_(math.log(1e-4))
+    assert m.tau.item() == pytest.approx(0.01)
+    with torch.no_grad():
+        m.log_tau.fill_(math.log(50.0))
+    assert m.tau.item() == pytest.approx(1.0)
+    fs, ft = _t(9, N, 6), _t(10, N, 7)
+    assert m(fs, ft).item() == pytest.approx(_ref_nce(m, fs, ft), rel=1e-10)
+
+
+def test_infonce_init() -> None:
+    m = InfoNCE(8, 12)
+    assert m.proj_student.out_features == m.proj_target.out_features == 256
+    assert m.tau.item() == pytest.approx(0.07)
+
+
+# --- gradcheck --------------------------------------------------------------------------------
+
+def test_gradcheck_ce() -> None:
+    z = _t(11, 3, 4).requires_grad_()
+    soft = F.softmax(_t(12, 3, 4), dim=1)
+    assert torch.autograd.gradcheck(lambda x: ce_loss(x, torch.tensor([0, 2, 3]), 0.1), (z,))
+    assert torch.autograd.gradcheck(lambda x: ce_loss(x, soft, 0.1), (z,))
+
+
+def test_gradcheck_kd() -> None:
+    z, t = _t(13, 3, 4).requires_grad_(), _t(14, 3, 4)
+    assert torch.autograd.gradcheck(lambda x: kd_loss(x, t, 2.0), (z,))
+
+
+def test_gradcheck_ofa() -> None:
+    z, t = _t(15, 3, 4).requires_grad_(), _t(16, 3, 4)
+    y = torch.tensor([1, 0, 3])
+    assert torch.autograd.gradcheck(lambda x: ofa_loss(x, t, y, 1.5, 2.0), (z,))
+
+
+def test_gradcheck_infonce() -> None:
+    m = _nce(tau=0.3)
+    fs, ft = _t(17, 3, 6).requires_grad_(), _t(18, 3, 7)
+    assert torch.autograd.gradcheck(lambda x: m(x, ft), (fs,))
+    # through the (learnable) temperature and target head as well
+    w = m.proj_target.weight
+
+    def f(log_tau: torch.Tensor, wt: torch.Tensor) -> torch.Tensor:
+        q = F.normalize(m.proj_student(fs.detach()), dim=1)
+        k = F.normalize(F.linear(ft, wt, m.proj_target.bias), dim=1)
+        logits = q @ k.t() / log_tau.exp()
+        labels = torch.arange(3)
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+    # the module's own gradient for log_tau and the target head matches the closed form above
+    m.zero_grad()
+    m(fs.detach(), ft).backward()
+    lt = m.log_tau.detach().clone().requires_grad_()
+    wt = w.detach().clone().requires_grad_()
+    f(lt, wt).backward()
+    assert torch.allclose(m.log_tau.grad, lt.grad) and torch.allclose(w.grad, wt.grad)
+    assert torch.autograd.gradcheck(f, (lt.detach().requires_grad_(), wt.detach().requires_grad_()))
+
+
+# --- detached target sides -------------------------------------------------------------------
+
+def _no_grad(x: torch.Tensor) -> bool:
+    return x.grad is None or bool((x.grad == 0).all())
+
+
+def test_teacher_side_gets_no_grad() -> None:
+    s, t = _t(19, N, C).requires_grad_(), _t(20, N, C).requires_grad_()
+    (kd_loss(s, t, 4.0) + ofa_loss(s, t, LABELS, 1.5, 1.0)).backward()
+    assert s.grad is not None and not _no_grad(s) and _no_grad(t)
+    m = _nce()
+    fs, ft = _t(21, N, 6).requires_grad_(), _t(22, N, 7).requires_grad_()
+    m(fs, ft).backward()
+    assert not _no_grad(fs) and _no_grad(ft)
+    assert m.proj_target.weight.grad is not None  # the head on the target side still learns
+
+
+# --- method objectives -----------------------------------------------------------------------
+
+DIMS = {"student": 6, "teacher": 7, "fused": 5}
+
+
+def _outputs(target: torch.Tensor = LABELS, branches: int = 0) -> Outputs:
+    def leaf(seed: int, *shape: int) -> torch.Tensor:
+        return _t(seed, *shape).float().requires_grad_()
+    return Outputs(student_logits=leaf(30, N, C), student_feat=leaf(31, N, 6),
+                   teacher_logits=leaf(32, N, C), teacher_feat=leaf(33, N, 7),
+                   fused_logits=leaf(34, N, C), fused_feat=leaf(35, N, 5),
+                   branch_logits=[leaf(40 + i, N, C) for i in range(branches)], target=target)
+
+
+def _check_weighted_sum(total: torch.Tensor, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
+    want = sum(weights[name.split("/")[0] if name != "ce/fused" else name] * v for name, v in terms.items())
+    assert total.item() == pytest.approx(float(want), rel=1e-5)
+    assert all(not v.requires_grad for v in terms.values())  # logged values are detached
+
+
+def test_registry_and_unknown_method() -> None:
+    assert set(LOSSES) >= {"scratch", "kd", "ofa", "fbt"}
+    with pytest.raises(ConfigError, match="unknown method") as exc:
+        build_objective("fbtt", LossConfig(), DIMS, C)
+    assert "fbt" in exc.value.hint
+
+
+def test_scratch_objective() -> None:
+    obj = build_objective("scratch", LossConfig(ce=0.5), DIMS, C)
+    out = _outputs()
+    total, terms = obj(out)
+    assert list(terms) == ["ce"] == obj.term_names()
+    assert terms["ce"].item() == pytest.approx(ce_loss(out.student_logits, LABELS).item())
+    _check_weighted_sum(total, terms, {"ce": 0.5})
+    assert list(obj.parameters()) == []
+
+
+def test_scratch_label_smoothing_hard_only() -> None:
+    obj = build_objective("scratch", LossConfig(), DIMS, C, label_smoothing=0.1)
+    out = _outputs()
+    assert obj(out)[1]["ce"].item() == pytest.approx(ce_loss(out.student_logits, LABELS, 0.1).item())
+    out_soft = _outputs(SOFT.float())
+    assert obj(out_soft)[1]["ce"].item() == pytest.approx(ce_loss(out_soft.student_logits, SOFT.float()).item())
+
+
+def test_kd_objective() -> None:
+    cfg = LossConfig(ce=0.3, kd=2.0, kd_temperature=3.0)
+    obj = build_objective("kd", cfg, DIMS, C)
+    out = _outputs()
+    total, terms = obj(out)
+    assert list(terms) == ["ce", "kd"] == obj.term_names()
+    assert terms["kd"].item() == pytest.approx(kd_loss(out.student_logits, out.teacher_logits, 3.0).item())
+    _check_weighted_sum(total, terms, {"ce": 0.3, "kd": 2.0})
+    total.backward()
+    assert _no_grad(out.teacher_logits)
+    _, terms0 = build_objective("kd", replace(cfg, kd=0.0), DIMS, C)(_outputs())
+    assert list(terms0) == ["ce"]
+
+
+def test_ofa_objective() -> None:
+    cfg = LossConfig(ce=0.5, ofa=1.5, ofa_eps=1.5, ofa_stages=[2, 4])
+    obj = build_objective("ofa", cfg, DIMS, C)
+    out = _outputs(branches=2)
+    total, terms = obj(out)
+    assert list(terms) == ["ce", "ofa", "ofa/stage2", "ofa/stage4"] == obj.term_names()
+    want = ofa_loss(out.branch_logits[1], out.teacher_logits, LABELS, 1.5, 1.0)
+    assert terms["ofa/stage4"].item() == pytest.approx(want.item())
+    _check_weighted_sum(total, terms, {"ce": 0.5, "ofa": 1.5})
+    total.backward()
+    assert all(not _no_grad(b) for b in out.branch_logits) and _no_grad(out.teacher_logits)
+    with pytest.raises(ValueError, match="branch logits"):
+        obj(_outputs(branches=1))
+
+
+FBT_NAMES = ["ce", "ofa/t->f", "nce/t->f", "ofa/f->s", "nce/f->s", "ofa/t->s", "nce/t->s", "ce/fused"]
+
+
+@pytest.mark.parametrize("target", [LABELS, SOFT.float()], ids=["hard", "soft"])
+def test_fbt_objective_terms_and_total(target: torch.Tensor) -> None:
+    cfg = LossConfig(ce=0.5, ofa=2.0, nce=0.3, fused_ce=0.7, ofa_eps=1.5, nce_dim=4)
+    obj = build_objective("fbt", cfg, DIMS, C)
+    assert isinstance(obj, FBTObjective)
+    out = _outputs(target)
+    total, terms = obj(out)
+    assert list(terms) == FBT_NAMES == obj.term_names()
+    assert all(torch.isfinite(v) for v in terms.values())
+    _check_weighted_sum(total, terms, {"ce": 0.5, "ofa": 2.0, "nce": 0.3, "ce/fused": 0.7})
+    want = ofa_loss(out.fused_logits, out.teacher_logits, target, 1.5, 1.0)
+    assert terms["ofa/t->f"].item() == pytest.approx(want.item())
+    want = obj.heads["f2s"](out.student_feat, out.fused_feat)
+    assert terms["nce/f->s"].item() == pytest.approx(want.item())
+    # the InfoNCE heads are learnable parameters of the objective, one module per path
+    assert len(list(obj.heads)) == 3 and len(list(obj.parameters())) == 3 * 5
+    total.backward()
+    assert all(p.grad is not None for p in obj.parameters())
+    assert _no_grad(out.teacher_logits) and _no_grad(out.teacher_feat)
+    assert not _no_grad(out.fused_logits) and not _no_grad(out.fused_feat)  # T->F teaches F
+
+
+def test_fbt_f_to_s_does_not_train_fused() -> None:
+    obj = build_objective("fbt", LossConfig(ce=0.0, paths=["f->s"], nce_dim=4), DIMS, C)
+    out = _outputs()
+    total, terms = obj(out)
+    assert list(terms) == ["ofa/f->s", "nce/f->s"]
+    total.backward()
+    assert _no_grad(out.fused_logits) and _no_grad(out.fused_feat)
+    assert not _no_grad(out.student_logits) and not _no_grad(out.student_feat)
+
+
+def test_fbt_zero_weights_remove_terms() -> None:
+    cfg = LossConfig(nce=0.0, paths=["t->f", "t->s"])
+    obj = build_objective("fbt", cfg, {}, C)  # no InfoNCE: no feature widths needed
+    out = _outputs()
+    out.student_feat = out.teacher_feat = out.fused_feat = None
+    total, terms = obj(out)
+    assert list(terms) == ["ce", "ofa/t->f", "ofa/t->s"] == obj.term_names()
+    assert list(obj.parameters()) == []  # no unused heads (DDP would complain)
+    _check_weighted_sum(total, terms, {"ce": 1.0, "ofa": 1.0})
+    total, terms = build_objective("fbt", replace(cfg, ce=0.0, ofa=0.0), {}, C)(out)
+    assert terms == {} and total.item() == 0.0 and total.requires_grad
+
+
+def test_fbt_missing_width_is_clear() -> None:
+    with pytest.raises(ValueError, match="fused"):
+        build_objective("fbt", LossConfig(), {"student": 4, "teacher": 4}, C)
+
+
+# --- OFA branches ----------------------------------------------------------------------------
+
+def _params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_ofa_branches_cnn_nchw() -> None:
+    specs = [("nchw", (8, 16, 16)), ("nchw", (16, 8, 8)), ("nchw", (32, 4, 4)), ("nchw", (64, 2, 2))]
+    br = build_ofa_branches(LossConfig(), specs, num_classes=10)
+    feats = [torch.randn(2, *s) for _, s in specs]
+    logits = br(feats)
+    assert [tuple(z.shape) for z in logits] == [(2, 10)] * 4
+    # stage 1 needs 3 stride-2 blocks to reach the 2x2 grid; the last stage needs none (one stride-1)
+    assert len(br.branches[0].blocks) == 3 and len(br.branches[3].blocks) == 1
+
+
+def test_ofa_branches_nhwc_subset() -> None:
+    specs = [("nhwc", (8, 8, 12)), ("nhwc", (4, 4, 24)), ("nhwc", (2, 2, 48)), ("nhwc", (1, 1, 96))]
+    br = OFABranches(specs, num_classes=7, stages=[1, 3])
+    feats = [torch.randn(3, *s) for _, s in specs]
+    assert [tuple(z.shape) for z in br(feats)] == [(3, 7), (3, 7)]
+    assert [tuple(z.shape) for z in br([feats[0], feats[2]])] == [(3, 7), (3, 7)]
+
+
+def test_ofa_branches_tokens_drop_prefix() -> None:
+    specs = [("tokens", (17, 16))] * 4
+    br = OFABranches(specs, num_classes=5, num_prefix=1)
+    feats = [torch.randn(2, 17, 16) for _ in specs]
+    out = br(feats)
+    assert [tuple(z.shape) for z in out] == [(2, 5)] * 4
+    # the prefix token is dropped: changing it does not change the logits
+    feats[0][:, 0] += 100.0
+    br.eval()
+    assert torch.allclose(br(feats)[0], out[0])
+    mixer = OFABranches([("tokens", (16, 8))] * 4, num_classes=5, stages=[4], num_prefix=[0, 0, 0, 0])
+    assert tuple(mixer([torch.randn(2, 16, 8)])[0].shape) == (2, 5)
+
+
+def test_ofa_branches_light_and_train() -> None:
+    # resnet18-like widths at 32x32: branches stay well under resnet18's ~11M parameters
+    specs = [("nchw", (64, 8, 8)), ("nchw", (128, 4, 4)), ("nchw", (256, 2, 2)), ("nchw", (512, 1, 1))]
+    br = OFABranches(specs, num_classes=10)
+    assert _params(br) < 1_500_000
+    obj = build_objective("ofa", LossConfig(), DIMS, 10)
+    feats = [torch.randn(2, *s) for _, s in specs]
+    out = Outputs(student_logits=torch.randn(2, 10, requires_grad=True), teacher_logits=torch.randn(2, 10),
+                  branch_logits=br(feats), target=torch.tensor([1, 2]))
+    obj(out)[0].backward()
+    assert all(p.grad is not None for p in br.parameters())
+
+
+def test_ofa_branches_bad_input() -> None:
+    with pytest.raises(ValueError, match="layout"):
+        OFABranches([("nlc", (4, 4))], num_classes=3)
+    with pytest.raises(ValueError, match="out of range"):
+        OFABranches([("tokens", (4, 4))], num_classes=3, stages=[2])
