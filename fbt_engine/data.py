@@ -1,0 +1,389 @@
+"""Datasets, transforms and loaders.
+
+A registry maps `data.name` to a builder returning `(train_ds, val_ds, DatasetInfo)`. Images are held
+as uint8 arrays where the format allows (digits, Fashion-MNIST, CIFAR-100) and handed to timm's
+transforms as RGB PIL images, so a preset's augmentation works the same on every dataset.
+Splits and subsets use a fixed seed (0), not the run seed: every run sees the same images, so runs
+with different seeds are comparable.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from .config import AugConfig, DataConfig
+from .errors import DataError
+
+if TYPE_CHECKING:
+    from timm.data import Mixup
+
+SPLIT_SEED = 0  # splits and subsets never depend on the run seed
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Digits statistics: computed once from all 1,797 images scaled to [0, 1] and resized to 32x32
+# (bilinear); upsampling smooths the 8x8 pixels, so the 8x8 std (0.376) would over-state it.
+DIGITS_MEAN, DIGITS_STD = (0.3055,) * 3, (0.3235,) * 3
+FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")  # package dataset-fashion-mnist
+DOWNLOAD_DIR = Path.home() / ".cache" / "fbt-workbench" / "data"
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+Transform = Callable[[Image.Image], torch.Tensor]
+Builder = Callable[[DataConfig, AugConfig], "tuple[Dataset, Dataset, DatasetInfo]"]
+DATASETS: dict[str, Builder] = {}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the rest of the engine needs to know about a dataset, as plain data."""
+
+    name: str
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    in_chans: int = 3
+    train_size: int = 0
+    val_size: int = 0
+    class_names: tuple[str, ...] = ()
+
+
+def register_dataset(name: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder `(data, aug) -> (train_ds, val_ds, info)` to DATASETS."""
+    def add(fn: Builder) -> Builder:
+        DATASETS[name] = fn
+        return fn
+    return add
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, H, W) or (N, H, W, 3) with int labels; yields (transformed image, label)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Transform) -> None:
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels",
+                            "the image and label files do not belong together")
+        self.images = images
+        self.targets = labels.astype(np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[i])
+        return self.transform(img.convert("RGB") if img.mode != "RGB" else img), int(self.targets[i])
+
+
+# --- transforms and statistics ----------------------------------------------------------------
+
+def _stats(values: list[float], default: tuple[float, ...], key: str) -> tuple[float, ...]:
+    """A preset's mean/std (1 or 3 numbers) or the dataset's own."""
+    if not values:
+        return default
+    if len(values) == 1:
+        return (float(values[0]),) * 3
+    if len(values) == 3:
+        return tuple(float(v) for v in values)
+    raise DataError(f"`data.{key}` has {len(values)} numbers", "give 1 (grey) or 3 (RGB) numbers, or none")
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
+    """timm's posterize, also for 0 bits (a black image, as older Pillow gave): Pillow >= 13
+    raises on 0, which RandAugment's PosterizeIncreasing asks for at magnitude 10."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_timm_posterize() -> None:
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if auto_augment.NAME_TO_OP.get(name) is auto_augment.posterize:
+            auto_augment.NAME_TO_OP[name] = _posterize
+
+
+def build_transforms(data: DataConfig, aug: AugConfig, mean: tuple[float, ...],
+                     std: tuple[float, ...]) -> tuple[Transform, Transform]:
+    """timm train/val transforms as the preset says (no colour jitter: the preset has no knob)."""
+    from timm.data import create_transform  # timm import is slow; only data users pay for it
+
+    if aug.randaugment:
+        _patch_timm_posterize()
+    plain = aug.scale_min >= 1.0
+    train = create_transform(
+        input_size=data.img_size, is_training=True, scale=(aug.scale_min, 1.0),
+        ratio=(1.0, 1.0) if plain else (3 / 4, 4 / 3), hflip=aug.hflip, color_jitter=None,
+        auto_augment=aug.randaugment or None, re_prob=aug.random_erasing, mean=mean, std=std,
+        interpolation="bilinear")
+    val = create_transform(input_size=data.img_size, is_training=False, crop_pct=1.0, mean=mean,
+                           std=std, interpolation="bilinear")
+    return train, val
+
+
+def _resolve(data: DataConfig, aug: AugConfig, mean: tuple[float, ...], std: tuple[float, ...]
+             ) -> tuple[Transform, Transform, tuple[float, ...], tuple[float, ...]]:
+    mean, std = _stats(data.mean, mean, "mean"), _stats(data.std, std, "std")
+    return *build_transforms(data, aug, mean, std), mean, std
+
+
+# --- digits (scikit-learn, bundled) --------------------------------------------------------------
+
+def digits_split(labels: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/val indices with the fixed SPLIT_SEED: the same on every run."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"`data.val_fraction` is {val_fraction}", "use a share between 0 and 1, e.g. 0.2")
+    idx = np.arange(len(labels))
+    train, val = train_test_split(idx, test_size=val_fraction, stratify=labels, random_state=SPLIT_SEED)
+    return np.sort(train), np.sort(val)
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize once up front, so RandAugment's pixel offsets act on the training resolution."""
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR))
+                     for im in images])
+
+
+@register_dataset("digits")
+def build_digits(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """scikit-learn's 1,797 8x8 digits (values 0..16), scaled to uint8 and resized to img_size."""
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = _resize_all(np.round(raw.images * (255 / 16)).astype(np.uint8), data.img_size)
+    labels = raw.target.astype(np.int64)
+    tr, va = digits_split(labels, data.val_fraction)
+    train_tf, val_tf, mean, std = _resolve(data, aug, DIGITS_MEAN, DIGITS_STD)
+    info = DatasetInfo("digits", 10, mean, std, 3, len(tr), len(va), tuple(str(d) for d in range(10)))
+    return ArrayDataset(images[tr], labels[tr], train_tf), ArrayDataset(images[va], labels[va], val_tf), info
+
+
+# --- Fashion-MNIST (idx files) -------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an idx file (raw or .gz) of unsigned bytes into a uint8 array of its stated shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        buf = f.read()
+    if len(buf) < 4 or buf[0] != 0 or buf[1] != 0 or buf[2] != 0x08:
+        raise DataError(f"{path} is not an idx file of unsigned bytes",
+                        "re-download it or point data.root at the original idx files")
+    ndim = buf[3]
+    shape = tuple(int(d) for d in np.frombuffer(buf, dtype=">i4", count=ndim, offset=4))
+    count = int(np.prod(shape))
+    if len(buf) < 4 + 4 * ndim + count:
+        raise DataError(f"{path} is truncated", "re-download it")
+    return np.frombuffer(buf, dtype=np.uint8, count=count, offset=4 + 4 * ndim).reshape(shape)
+
+
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "val_images": "t10k-images-idx3-ubyte", "val_labels": "t10k-labels-idx1-ubyte"}
+
+
+def _find_idx(folder: Path) -> dict[str, Path] | None:
+    """The four idx files in `folder` (each raw or .gz), or None if any is missing."""
+    found = {}
+    for key, stem in IDX_FILES.items():
+        hits = [folder / n for n in (stem, stem + ".gz") if (folder / n).is_file()]
+        if not hits:
+            return None
+        found[key] = hits[0]
+    return found
+
+
+def fashion_folders(root: str) -> list[Path]:
+    """Where Fashion-MNIST is looked for, in order: data.root (or the Debian folder), then the
+    torchvision layout below it."""
+    base = Path(root).expanduser() if root else FASHION_DEBIAN_DIR
+    return [base, base / "FashionMNIST" / "raw"]
+
+
+def _download_torchvision(cls_name: str, root: Path, **kw: Any) -> None:
+    """Fetch a dataset with torchvision (online users only); failures become a DataError."""
+    import torchvision.datasets as tvd
+
+    try:
+        for train in (True, False):
+            getattr(tvd, cls_name)(str(root), train=train, download=True, **kw)
+    except Exception as exc:  # noqa: BLE001 - network errors come in many types
+        raise DataError(f"downloading {cls_name} into {root} failed: {exc}",
+                        "check the network, or fetch the files yourself and set data.root") from None
+
+
+@register_dataset("fashion_mnist")
+def build_fashion_mnist(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Fashion-MNIST from idx files: 60,000 train and 10,000 test 28x28 grey images."""
+    root = data.root or (str(DOWNLOAD_DIR) if data.download else "")
+    if data.download:
+        _download_torchvision("FashionMNIST", Path(root).expanduser())
+    folders = fashion_folders(root)
+    files = next((f for f in map(_find_idx, folders) if f), None)
+    if files is None:
+        raise DataError(
+            f"Fashion-MNIST idx files ({', '.join(IDX_FILES.values())}, raw or .gz) were not found in "
+            + " or ".join(str(f) for f in folders),
+            "install them with `apt-get install dataset-fashion-mnist`, or set data.root to a folder "
+            "holding them, or set data.download = true (online)")
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    train_tf, val_tf, mean, std = _resolve(data, aug, FASHION_MEAN, FASHION_STD)
+    train = ArrayDataset(arrays["train_images"], arrays["train_labels"], train_tf)
+    val = ArrayDataset(arrays["val_images"], arrays["val_labels"], val_tf)
+    info = DatasetInfo("fashion_mnist", 10, mean, std, 3, len(train), len(val), FASHION_CLASSES)
+    return train, val, info
+
+
+# --- CIFAR-100 (python pickle folder) ------------------------------------------------------------
+
+def cifar100_folders(root: str) -> list[Path]:
+    """Candidate `cifar-100-python` folders: below data.root (or ./data and the download cache)."""
+    bases = [Path(root).expanduser()] if root else [Path("data"), DOWNLOAD_DIR]
+    return [p for b in bases for p in (b / "cifar-100-python", b)]
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 32, 32, 3) uint8 images and fine labels of one pickle file."""
+    d = _unpickle(folder / split)
+    images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), np.asarray(d["fine_labels"], dtype=np.int64)
+
+
+@register_dataset("cifar100")
+def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """CIFAR-100 from the standard python folder (train, test, meta pickles)."""
+    root = data.root or (str(DOWNLOAD_DIR) if data.download else "")
+    if data.download:
+        _download_torchvision("CIFAR100", Path(root).expanduser())
+    folders = cifar100_folders(root)
+    folder = next((f for f in folders if all((f / n).is_file() for n in ("train", "test", "meta"))), None)
+    if folder is None:
+        raise DataError(
+            "CIFAR-100 (cifar-100-python/ with train, test and meta) was not found in "
+            + " or ".join(str(f) for f in folders),
+            "unpack cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and set "
+            "data.root to the folder holding cifar-100-python/, or set data.download = true (online)")
+    (xtr, ytr), (xva, yva) = _cifar_split(folder, "train"), _cifar_split(folder, "test")
+    names = tuple(_unpickle(folder / "meta")["fine_label_names"])
+    train_tf, val_tf, mean, std = _resolve(data, aug, CIFAR100_MEAN, CIFAR100_STD)
+    info = DatasetInfo("cifar100", len(names), mean, std, 3, len(xtr), len(xva), names)
+    return ArrayDataset(xtr, ytr, train_tf), ArrayDataset(xva, yva, val_tf), info
+
+
+# --- ImageNet-style folders ----------------------------------------------------------------------
+
+@register_dataset("imagefolder")
+def build_imagefolder(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """`root/train/<class>/*` and `root/val/<class>/*` through torchvision's ImageFolder."""
+    from torchvision.datasets import ImageFolder
+
+    root = Path(data.root).expanduser()
+    missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
+    if not data.root or missing:
+        raise DataError(f"imagefolder needs class folders in {' and '.join(missing) or 'data.root'}",
+                        "set data.root to a folder holding train/<class>/ and val/<class>/ images")
+    train_tf, val_tf, mean, std = _resolve(data, aug, IMAGENET_MEAN, IMAGENET_STD)
+    try:
+        train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)
+    except FileNotFoundError as exc:
+        raise DataError(f"imagefolder: {exc}", "put images (.png, .jpg, ...) in each class folder") from None
+    if val.classes != train.classes:
+        raise DataError(f"{root / 'val'} has other class folders than {root / 'train'}",
+                        "give val/ exactly the class folders of train/")
+    info = DatasetInfo("imagefolder", len(train.classes), mean, std, 3, len(train), len(val),
+                       tuple(train.classes))
+    return train, val, info
+
+
+# --- public entry points -------------------------------------------------------------------------
+
+def subset_indices(n: int, size: int) -> np.ndarray | None:
+    """Sorted indices of a stable random subset of `size` out of `n` (None: keep all)."""
+    if size <= 0 or size >= n:
+        return None
+    return np.sort(np.random.default_rng(SPLIT_SEED).permutation(n)[:size])
+
+
+def _subset(ds: Dataset, size: int) -> Dataset:
+    idx = subset_indices(len(ds), size)
+    return ds if idx is None else Subset(ds, idx.tolist())
+
+
+def build_datasets(data: DataConfig, aug: AugConfig, seed: int = 0) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Build the train and val datasets of `data.name` with their transforms.
+
+    `seed` is the run seed. It is deliberately not used: splits and subsets always use SPLIT_SEED
+    so that runs with different seeds train and evaluate on the same images.
+    """
+    if data.name not in DATASETS:
+        raise DataError(f"unknown dataset {data.name!r}", f"use one of: {', '.join(DATASETS)}")
+    train, val, info = DATASETS[data.name](data, aug)
+    train, val = _subset(train, data.train_subset), _subset(val, data.val_subset)
+    return train, val, replace(info, train_size=len(train), val_size=len(val))
+
+
+def _shard(n: int) -> list[int]:
+    """This rank's share of the val set, without the padding DistributedSampler adds, so
+    summed correct/total counts over ranks give the exact accuracy."""
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return list(range(rank, n, world))
+
+
+def build_loaders(data: DataConfig, aug: AugConfig, batch_size: int, seed: int,
+                  distributed: bool = False, device_type: str = "cpu"
+                  ) -> tuple[DataLoader, DataLoader, DatasetInfo]:
+    """Train loader (seeded shuffle, full batches only) and val loader (in order).
+
+    Under `distributed`, the train loader uses a DistributedSampler: call
+    `loader.sampler.set_epoch(epoch)` each epoch. Otherwise the shuffle draws from
+    `loader.generator`, whose state a checkpoint can save for an exact resume.
+    """
+    train, val, info = build_datasets(data, aug, seed)
+    world = torch.distributed.get_world_size() if distributed else 1
+    common = dict(batch_size=batch_size, num_workers=data.num_workers,
+                  pin_memory=device_type == "cuda", persistent_workers=data.num_workers > 0)
+    drop_last = len(train) >= batch_size * world  # never an empty epoch on a tiny subset
+    if distributed:
+        sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=drop_last)
+        train_loader = DataLoader(train, sampler=sampler, drop_last=drop_last, **common)
+        val_loader = DataLoader(val, sampler=_shard(len(val)), **common)
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        train_loader = DataLoader(train, shuffle=True, generator=gen, drop_last=drop_last, **common)
+        val_loader = DataLoader(val, shuffle=False, **common)
+    return train_loader, val_loader, info
+
+
+def build_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:
+    """timm Mixup/CutMix (which then also applies label smoothing), or None when both are off."""
+    if aug.mixup <= 0 and aug.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix,
+                 label_smoothing=aug.label_smoothing, num_classes=num_classes)
+
+
+__all__ = ["DATASETS", "DatasetInfo", "ArrayDataset", "register_dataset", "build_datasets",
+           "build_loaders", "build_mixup", "build_transforms", "read_idx", "digits_split",
+           "subset_indices", "fashion_folders", "cifar100_folders"]
