@@ -90,23 +90,22 @@ def ofa_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, eps
 def _gather_rows(x: Tensor) -> tuple[Tensor, int]:
     """Rows of `x` from every rank in rank order, and where this rank's rows start.
 
-    Only the local rows keep their gradient (all_gather is not differentiable); each rank
-    back-propagates through its own rows, which is what DDP's gradient averaging needs. Ranks may
-    hold different batch sizes (a last short batch), so rows are padded to the largest one.
+    The gather is differentiable (torch.distributed.nn): each rank's rows receive the gradient of
+    every rank's loss, so after DDP's gradient averaging the heads see exactly the gradient of the
+    global-batch loss. Every rank must therefore run backward. Ranks may hold different batch sizes
+    (a last short batch): rows are padded to the largest count and the padding sliced off.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
+    from torch.distributed.nn.functional import all_gather  # autograd-aware collective
+
     world, rank = dist.get_world_size(), dist.get_rank()
     n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)
     counts = [int(s.item()) for s in sizes]
-    padded = F.pad(x.detach(), (0, 0, 0, max(counts) - x.shape[0]))
-    buf = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(buf, padded)
-    parts = [b[:c] for b, c in zip(buf, counts)]
-    parts[rank] = x
-    return torch.cat(parts), sum(counts[:rank])
+    parts = all_gather(F.pad(x, (0, 0, 0, max(counts) - x.shape[0])))
+    return torch.cat([p[:c] for p, c in zip(parts, counts)]), sum(counts[:rank])
 
 
 class InfoNCE(nn.Module):

@@ -406,3 +406,60 @@ def test_ofa_branches_bad_input() -> None:
         OFABranches([("nlc", (4, 4))], num_classes=3)
     with pytest.raises(ValueError, match="out of range"):
         OFABranches([("tokens", (4, 4))], num_classes=3, stages=[2])
+
+
+# --- InfoNCE under torch.distributed (2 CPU processes, gloo) ---------------------------------
+
+_DIST_WORKER = r"""
+import sys, torch, torch.distributed as dist
+from fbt_engine.losses import InfoNCE
+rank, store, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+g = torch.Generator().manual_seed(0)
+fs, ft = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 7, generator=g, dtype=torch.float64)
+result = {}
+for name, rows in (("equal", [range(0, 3), range(3, 6)]), ("unequal", [range(0, 4), range(4, 6)])):
+    torch.manual_seed(0)
+    m = InfoNCE(6, 7, 3, 0.2).double()
+    x = fs[list(rows[rank])].clone().requires_grad_()
+    loss = m(x, ft[list(rows[rank])])
+    loss.backward()
+    result[name] = dict(loss=loss.detach(), x_grad=x.grad, grads={k: p.grad for k, p in m.named_parameters()})
+torch.save(result, out)
+dist.destroy_process_group()
+"""
+
+
+def test_infonce_distributed_matches_global_batch(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(_DIST_WORKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
+                               str(tmp_path / f"r{r}.pt")], env=env, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err[-2000:]
+    res = [torch.load(tmp_path / f"r{r}.pt") for r in range(2)]
+
+    g = torch.Generator().manual_seed(0)
+    fs, ft = torch.randn(6, 6, generator=g, dtype=torch.float64), torch.randn(6, 7, generator=g, dtype=torch.float64)
+    torch.manual_seed(0)
+    m = InfoNCE(6, 7, 3, 0.2).double()
+    x = fs.clone().requires_grad_()
+    full = m(x, ft)
+    full.backward()
+    # unequal shards: each rank's loss averages its own rows against all columns of both ranks
+    uneq = [r["unequal"]["loss"] for r in res]
+    assert ((4 * uneq[0] + 2 * uneq[1]) / 6).item() == pytest.approx(full.item(), rel=1e-10)
+    # equal shards: the mean over ranks (what DDP averages) is the global loss, with exact gradients
+    eq = [r["equal"] for r in res]
+    assert ((eq[0]["loss"] + eq[1]["loss"]) / 2).item() == pytest.approx(full.item(), rel=1e-10)
+    for name, p in m.named_parameters():
+        assert torch.allclose((eq[0]["grads"][name] + eq[1]["grads"][name]) / 2, p.grad, atol=1e-10), name
+    assert torch.allclose(torch.cat([eq[0]["x_grad"], eq[1]["x_grad"]]) / 2, x.grad, atol=1e-10)
