@@ -463,3 +463,19 @@ def test_infonce_distributed_matches_global_batch(tmp_path) -> None:
     for name, p in m.named_parameters():
         assert torch.allclose((eq[0]["grads"][name] + eq[1]["grads"][name]) / 2, p.grad, atol=1e-10), name
     assert torch.allclose(torch.cat([eq[0]["x_grad"], eq[1]["x_grad"]]) / 2, x.grad, atol=1e-10)
+
+
+def test_half_precision_logits_are_upcast() -> None:
+    s, t = _t(50, N, C).bfloat16(), _t(51, N, C).bfloat16()
+    for loss in (ce_loss(s, LABELS), kd_loss(s, t, 4.0), ofa_loss(s, t, LABELS, 1.5)):
+        assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert ofa_loss(s, t, LABELS, 1.5).item() == pytest.approx(
+        _ref_ofa(s.double(), t.double(), LABELS, 1.5, 1.0), rel=1e-5)
+
+
+def test_objectives_need_only_their_outputs() -> None:
+    out = Outputs(student_logits=torch.randn(N, C), target=LABELS)  # scratch: no teacher at all
+    total, terms = build_objective("scratch", LossConfig(), {}, C)(out)
+    assert list(terms) == ["ce"]
+    with pytest.raises(ValueError, match="teacher_logits"):
+        build_objective("kd", LossConfig(), {}, C)(out)
