@@ -1,0 +1,30 @@
+"""`fbt-tui`: the Typer entry point of the workbench TUI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+cli = typer.Typer(add_completion=False, help="FBT Workbench: pick a pair, preview the fusion, train, watch.")
+
+
+@cli.command()
+def tui(
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")] = Path("runs"),
+    preset: Annotated[Optional[Path], typer.Option("--preset", help="Preset TOML to open in Configure.")] = None,
+) -> None:
+    """Start the workbench. Set FBT_ENGINE to use another engine command than `fbt-engine`."""
+    from .app import FbtApp  # imported here so `--help` stays instant
+
+    FbtApp(runs_dir=runs_dir, preset=preset).run()
+
+
+def main() -> None:
+    """Console-script entry point (`fbt-tui`)."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Typed messages: one per background result, and the requests screens send up to the app.
+
+Attributes flow down (the app sets reactive attributes that screens watch); results and
+requests flow up as these messages.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual.message import Message
+
+from .runs import RunSummary
+
+
+class CatalogLoaded(Message):
+    """`fbt-engine models --json` answered."""
+
+    def __init__(self, models: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.models = models
+
+
+class EngineFailed(Message):
+    """An engine command failed; `what` says which (catalog, preview)."""
+
+    def __init__(self, what: str, message: str, hint: str = "") -> None:
+        super().__init__()
+        self.what = what
+        self.message = message
+        self.hint = hint
+
+
+class PreviewLoaded(Message):
+    """`fbt-engine fuse ... --json` answered for the request identified by `key`."""
+
+    def __init__(self, key: tuple[Any, ...], data: dict[str, Any]) -> None:
+        super().__init__()
+        self.key = key
+        self.data = data
+
+
+class RunsScanned(Message):
+    """The runs folder was scanned."""
+
+    def __init__(self, runs: list[RunSummary]) -> None:
+        super().__init__()
+        self.runs = runs
+
+
+class PairChosen(Message):
+    """The user picked a model as teacher or student (role is "teacher" or "student")."""
+
+    def __init__(self, role: str, name: str) -> None:
+        super().__init__()
+        self.role = role
+        self.name = name
+
+
+class StartRun(Message):
+    """Start `fbt-engine run PRESET` under this run name."""
+
+    def __init__(self, preset: Path, name: str) -> None:
+        super().__init__()
+        self.preset = preset
+        self.name = name
+
+
+class OpenRun(Message):
+    """Show a run on the run screen: replay it, resume it, or attach to it (`how`)."""
+
+    def __init__(self, run: RunSummary, how: str) -> None:
+        super().__init__()
+        self.run = run
+        self.how = how  # replay | resume | attach
+
+
+class RunEnded(Message):
+    """The watched run's stream ended (process exited, final event read, or tail gave up)."""
+
+    def __init__(self, name: str, status: str) -> None:
+        super().__init__()
+        self.name = name
+        self.status = status

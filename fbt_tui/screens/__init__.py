@@ -1,0 +1,1 @@
+"""The five screens: catalog, pair preview, configure, run, runs."""

@@ -1,0 +1,188 @@
+"""Catalog screen: every timm architecture the engine knows, searchable, filterable, sortable.
+
+The list comes from `fbt-engine models --json` in a worker (the engine imports timm, we never
+do); a loading indicator covers the table meanwhile. `t`/`s` pick teacher and student.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Checkbox, DataTable, Input, Select, Static
+
+from ..engine_client import EngineError, run_json
+from ..messages import CatalogLoaded, EngineFailed, PairChosen
+from .base import FbtScreen
+
+KINDS = ("all", "cnn", "msa", "mlp", "hybrid", "unknown")
+COLUMNS = (("name", "name"), ("family", "family"), ("kind", "kind"), ("params", "params"),
+           ("input", "input_size"), ("pretrained", "pretrained_tags"), ("fusable", "fusable"))
+
+
+def format_params(n: Any) -> str:
+    """11689512 -> `11.7M`; unknown -> `?`."""
+    if not isinstance(n, (int, float)):
+        return "?"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.0f}K"
+
+
+def model_row(m: dict[str, Any]) -> tuple[str, ...]:
+    """One table row for one catalog entry."""
+    size = m.get("input_size") or []
+    tags = m.get("pretrained_tags") or []
+    return (str(m.get("name", "")), str(m.get("family", "")), str(m.get("kind", "")),
+            format_params(m.get("params")), "x".join(str(s) for s in size[1:]) or "?",
+            ", ".join(tags[:2]) + (f" +{len(tags) - 2}" if len(tags) > 2 else ""),
+            "yes" if m.get("fusable") else "no")
+
+
+def filter_models(models: list[dict[str, Any]], query: str = "", kind: str = "all",
+                  fusable_only: bool = False) -> list[dict[str, Any]]:
+    """Models whose name or family contains every word of `query` (case-insensitive)."""
+    words = query.lower().split()
+    out = []
+    for m in models:
+        hay = f"{m.get('name', '')} {m.get('family', '')}".lower()
+        if all(w in hay for w in words) and (kind == "all" or m.get("kind") == kind) \
+                and (m.get("fusable") or not fusable_only):
+            out.append(m)
+    return out
+
+
+def sort_models(models: list[dict[str, Any]], key: str, reverse: bool = False) -> list[dict[str, Any]]:
+    """Sort by a catalog field; missing values go last whatever the direction."""
+    def sort_key(m: dict[str, Any]) -> tuple[bool, Any]:
+        v = m.get(key)
+        if isinstance(v, list):
+            v = v[-1] if key == "input_size" and v else len(v)
+        if isinstance(v, str):
+            v = v.lower()
+        return (v is None) != reverse, v if v is not None else 0
+    return sorted(models, key=sort_key, reverse=reverse)
+
+
+class CatalogScreen(FbtScreen):
+    """Browse models; `t` makes the highlighted one the teacher, `s` the student."""
+
+    MODE = "catalog"
+    BINDINGS = [("t", "choose('teacher')", "Teacher"), ("s", "choose('student')", "Student"),
+                ("slash", "focus_search", "Search"), ("o", "cycle_sort", "Sort"),
+                ("enter", "preview", "Preview pair")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.models: list[dict[str, Any]] = []
+        self.sort_key = "name"
+        self.sort_reverse = False
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="catalog-bar"):
+            yield Input(placeholder="search models (filters as you type)", id="search")
+            yield Select([(k, k) for k in KINDS], value="all", allow_blank=False, id="kind")
+            yield Checkbox("fusable only", id="fusable")
+        yield Static("", id="catalog-error", classes="error hidden")
+        table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*(label for label, _ in COLUMNS))
+        yield table
+        yield Static("loading models from the engine...", id="catalog-count")
+
+    def on_mount(self) -> None:
+        self.query_one("#models", DataTable).loading = True
+        self.load_catalog()
+
+    @work(exclusive=True, group="catalog")
+    async def load_catalog(self) -> None:
+        try:
+            models = await run_json(["models", "--json"])
+        except EngineError as err:
+            self.post_message(EngineFailed("catalog", err.message, err.hint))
+            return
+        self.post_message(CatalogLoaded(models if isinstance(models, list) else []))
+
+    def on_catalog_loaded(self, message: CatalogLoaded) -> None:
+        self.models = message.models
+        self.query_one("#models", DataTable).loading = False
+        self.refilter()
+        self.query_one("#models", DataTable).focus()
+
+    def on_engine_failed(self, message: EngineFailed) -> None:
+        self.query_one("#models", DataTable).loading = False
+        err = self.query_one("#catalog-error", Static)
+        err.update(f"error: {message.message}\nhint: {message.hint}")
+        err.remove_class("hidden")
+        self.query_one("#catalog-count", Static).update("no catalog")
+
+    # --- filtering and sorting ------------------------------------------------------------
+    @on(Input.Changed, "#search")
+    @on(Select.Changed, "#kind")
+    @on(Checkbox.Changed, "#fusable")
+    def refilter(self) -> None:
+        query = self.query_one("#search", Input).value
+        kind = str(self.query_one("#kind", Select).value)
+        fusable = self.query_one("#fusable", Checkbox).value
+        shown = sort_models(filter_models(self.models, query, kind, fusable), self.sort_key, self.sort_reverse)
+        self._fill(shown)
+
+    def _fill(self, shown: list[dict[str, Any]]) -> None:
+        table = self.query_one("#models", DataTable)
+        current = self.highlighted()
+        table.clear()
+        for m in shown:
+            table.add_row(*model_row(m), key=str(m.get("name")))
+        if current is not None and current in table.rows:
+            table.move_cursor(row=table.get_row_index(current))
+        arrow = "v" if self.sort_reverse else "^"
+        self.query_one("#catalog-count", Static).update(
+            f"{len(shown)} of {len(self.models)} models  |  sorted by {self.sort_key} {arrow}  |  "
+            "t: teacher  s: student  enter: preview  click a header or o: sort")
+
+    def on_data_table_header_selected(self, event: DataTable.HeaderSelected) -> None:
+        self.set_sort(COLUMNS[event.column_index][1])
+
+    def set_sort(self, key: str) -> None:
+        """Sort by `key`; choosing the current key again flips the direction."""
+        self.sort_reverse = (not self.sort_reverse) if key == self.sort_key else False
+        self.sort_key = key
+        self.refilter()
+
+    def action_cycle_sort(self) -> None:
+        keys = [k for _, k in COLUMNS]
+        self.sort_reverse = False
+        self.sort_key = keys[(keys.index(self.sort_key) + 1) % len(keys)]
+        self.refilter()
+
+    # --- choosing ---------------------------------------------------------------------------
+    def highlighted(self) -> str | None:
+        """Name of the model under the cursor, if any."""
+        table = self.query_one("#models", DataTable)
+        if not table.row_count:
+            return None
+        row_key, _ = table.coordinate_to_cell_key(table.cursor_coordinate)
+        return row_key.value
+
+    def action_choose(self, role: str) -> None:
+        name = self.highlighted()
+        if name:
+            self.post_message(PairChosen(role, name))
+            self.notify(f"{role}: {name}", timeout=2)
+
+    def action_focus_search(self) -> None:
+        self.query_one("#search", Input).focus()
+
+    def action_preview(self) -> None:
+        self.app.switch_mode("preview")
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_preview()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one("#models", DataTable).focus()
+
+    def on_key(self, event: object) -> None:
+        # Down from the search box goes straight to the table, as in most pickers.
+        key = getattr(event, "key", "")
+        if key == "down" and self.focused is self.query_one("#search", Input):
+            self.query_one("#models", DataTable).focus()

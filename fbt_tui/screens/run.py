@@ -1,0 +1,165 @@
+"""Run screen: live status, loss and accuracy charts, engine log; stop, kill, show folder.
+
+The engine client folds events into a RunState as they arrive; this screen looks at it on a timer
+(REDRAW_S) and redraws only when its version moved. However fast the engine talks, the screen
+repaints a few times per second and keys are answered between repaints.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Log, ProgressBar, Static
+
+from ..engine_client import RunSession
+from ..run_state import RunState
+from ..runs import format_duration
+from ..widgets.charts import AccChart, Chart, Series
+from ..widgets.modals import kill_modal
+from ..widgets.sysmon import SysMon
+from .base import FbtScreen
+
+REDRAW_S = 0.25
+STATUS_STYLE = {"running": "bold green", "completed": "bold cyan", "stopped": "bold yellow",
+                "failed": "bold red", "crashed": "bold red", "starting": "bold"}
+
+
+def fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def status_text(state: RunState) -> str:
+    """The two status lines above the charts (Rich markup)."""
+    style = STATUS_STYLE.get(state.status, "bold")
+    phase = f"  phase {state.phase}" if state.phase else ""
+    pair = f"{state.teacher} -> {state.student}" if state.teacher else state.student
+    line1 = (f"[b]{state.name or '?'}[/b]  [{style}]{state.status}[/]{phase}  {state.method}  {pair}"
+             f"  {state.device}")
+    epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
+    done, total = state.progress
+    line2 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {format_duration(state.eta_s) or '-'}  "
+             f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.2e')}  "
+             f"loss {fmt(state.loss, '.4f')}  best top-1 {fmt(state.best_top1, '.2f', '%')}")
+    if state.final is not None and state.final.get("duration_s") is not None:
+        line2 += f"  took {format_duration(state.final.get('duration_s'))}"
+    return f"{line1}\n{line2}"
+
+
+def loss_series(state: RunState) -> list[Series]:
+    return [(term, xs, ys) for term, (xs, ys) in state.losses.items()]
+
+
+def acc_series(state: RunState) -> list[Series]:
+    return [(name, xs, ys) for name, (xs, ys) in state.accs.items()]
+
+
+class RunScreen(FbtScreen):
+    """Watches `app.session` (a spawned run, an attached run, or a replay)."""
+
+    MODE = "run"
+    BINDINGS = [("x", "stop", "Stop"), ("k", "kill", "Kill"), ("f", "folder", "Folder"),
+                ("e", "toggle_ema", "EMA"), ("l", "toggle_log", "Log scale")]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: RunSession | None = None
+        self._drawn = -1
+        self._log_seq = 0
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="run-top"):
+            yield Static("No run yet: start one from Configure (3) or open one from Runs (5).", id="run-info")
+            with Vertical(id="run-side"):
+                yield ProgressBar(total=None, show_eta=False, id="run-progress")
+                yield SysMon(getattr(self.app, "sysmon", True), id="sysmon")
+        yield Static("", id="run-error", classes="error hidden")
+        with Horizontal(id="charts"):
+            yield Chart("loss terms", "step", id="loss-chart")
+            yield AccChart(id="acc-chart")
+        yield Log(id="run-log", max_lines=2000)
+
+    def on_mount(self) -> None:
+        self.set_interval(REDRAW_S, self.redraw)
+        self.redraw()
+
+    @property
+    def state(self) -> RunState | None:
+        return self._session.state if self._session is not None else None
+
+    def redraw(self, force: bool = False) -> None:
+        """Repaint from the session's state if it changed since the last repaint."""
+        session = getattr(self.app, "session", None)
+        if session is not self._session:
+            self._session, self._drawn, self._log_seq = session, -1, 0
+            self.query_one("#run-log", Log).clear()
+        state = self.state
+        if state is None or (state.version == self._drawn and not force):
+            return
+        self._drawn = state.version
+        self.query_one("#run-info", Static).update(status_text(state))
+        self._draw_progress(state)
+        self._draw_error(state)
+        self.query_one("#loss-chart", Chart).draw(loss_series(state))
+        self.query_one("#acc-chart", AccChart).draw(acc_series(state))
+        self._draw_log(state)
+
+    def _draw_progress(self, state: RunState) -> None:
+        done, total = state.progress
+        bar = self.query_one("#run-progress", ProgressBar)
+        bar.update(total=total or None, progress=done)
+
+    def _draw_error(self, state: RunState) -> None:
+        box = self.query_one("#run-error", Static)
+        show = state.status in ("failed", "crashed") and bool(state.error)
+        box.set_class(not show, "hidden")
+        if show:
+            hint = f"\nhint: {state.hint}" if state.hint else ""
+            box.update(f"{state.status}: {state.error}{hint}")
+
+    def _draw_log(self, state: RunState) -> None:
+        new = min(state.log_seq - self._log_seq, len(state.log))
+        if new > 0:
+            self.query_one("#run-log", Log).write_lines(list(state.log)[-new:])
+        self._log_seq = state.log_seq
+
+    # --- keys -----------------------------------------------------------------------------
+    def action_stop(self) -> None:
+        if self._session is not None and self._session.stop():
+            self.notify("asked the run to stop (it finishes the step and writes a checkpoint)", timeout=3)
+        else:
+            self.notify("no live run to stop", severity="warning", timeout=2)
+
+    def action_kill(self) -> None:
+        session = self._session
+        if session is None or not session.live:
+            self.notify("no live run to kill", severity="warning", timeout=2)
+            return
+
+        def answered(choice: str | None) -> None:
+            if choice == "kill" and session.kill():
+                self.notify("killed", severity="warning", timeout=2)
+
+        self.app.push_screen(kill_modal(session.state.name), answered)
+
+    def action_folder(self) -> None:
+        state = self.state
+        if state is None or state.run_dir is None:
+            self.notify("no run folder yet", severity="warning", timeout=2)
+            return
+        path = str(state.run_dir.resolve())
+        self.app.copy_to_clipboard(path)
+        self.notify(f"run folder: {path} (copied)", timeout=6)
+        self.query_one("#run-log", Log).write_line(f"run folder: {path}")
+
+    def action_toggle_ema(self) -> None:
+        chart = self.query_one("#loss-chart", Chart)
+        chart.smooth = not chart.smooth
+        self.redraw(force=True)
+
+    def action_toggle_log(self) -> None:
+        chart = self.query_one("#loss-chart", Chart)
+        chart.log_scale = not chart.log_scale
+        self.redraw(force=True)
+
+    def on_screen_resume(self) -> None:
+        self.redraw(force=True)

@@ -1,0 +1,1 @@
+"""Reusable widgets: the pair header, charts, the system monitor, modals."""

@@ -1,0 +1,234 @@
+"""A stand-in for `fbt-engine` that answers the TUI contract (docs/protocol.md) with canned data.
+
+Usage: FBT_ENGINE="python tests/tui/fake_engine.py" fbt-tui
+Commands: models --json | fuse T S --json [...] | run PRESET --jsonl [--name N] [--runs-dir D]
+          | resume RUN_DIR --jsonl | validate PRESET.
+Run scenario: $FBT_FAKE_SCENARIO, else the preset's file name if it contains one of the scenario
+words (normal, fail, crash, fast, slow). Delay between steps: $FBT_FAKE_DELAY seconds.
+Stdlib plus fbt_engine.events/config only (no torch), so it starts in a blink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fbt_engine.events import Event, encode, read_events  # noqa: E402
+
+M = 1_000_000
+MODELS = [
+    ("resnet18", "resnet", "cnn", 11.69, ["a1_in1k", "tv_in1k"], True),
+    ("resnet50", "resnet", "cnn", 25.56, ["a1_in1k", "tv2_in1k"], True),
+    ("convnext_tiny", "convnext", "cnn", 28.59, ["fb_in1k"], True),
+    ("mobilenetv3_small_100", "mobilenetv3", "cnn", 2.54, ["lamb_in1k"], True),
+    ("efficientnet_b0", "efficientnet", "cnn", 5.29, ["ra_in1k"], True),
+    ("vit_tiny_patch16_224", "vision_transformer", "msa", 5.72, ["augreg_in21k_ft_in1k"], True),
+    ("deit_small_patch16_224", "deit", "msa", 22.05, ["fb_in1k"], True),
+    ("swin_tiny_patch4_window7_224", "swin_transformer", "msa", 28.29, ["ms_in1k"], True),
+    ("mixer_b16_224", "mlp_mixer", "mlp", 59.88, ["goog_in21k_ft_in1k"], True),
+    ("resmlp_12_224", "mlp_mixer", "mlp", 15.35, ["fb_in1k"], True),
+    ("coatnet_0_rw_224", "maxxvit", "hybrid", 27.44, ["sw_in1k"], True),
+    ("levit_128", "levit", "hybrid", 9.21, ["fb_in1k"], False),
+    ("legacy_senet154", "senet", "unknown", None, [], False),
+]
+KIND = {m[0]: m[2] for m in MODELS}
+FUSABLE = {m[0]: m[5] for m in MODELS}
+STOP = False
+
+
+def models_json() -> list[dict]:
+    return [{"name": n, "family": f, "kind": k, "params": int(p * M) if p else None,
+             "input_size": [3, 224, 224], "pretrained_tags": tags, "fusable": fus}
+            for n, f, k, p, tags, fus in MODELS]
+
+
+def fail(message: str, hint: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    print(f"hint: {hint}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def opt(args: list[str], name: str, default: str) -> str:
+    return args[args.index(name) + 1] if name in args else default
+
+
+def stages(name: str, img: int) -> list[dict]:
+    cnn = KIND.get(name, "cnn") in ("cnn", "hybrid")
+    chans = [64, 128, 256, 512] if cnn else [96, 192, 384, 768]
+    out = []
+    for i, c in enumerate(chans):
+        g = max(1, img // (4 * 2 ** i))
+        shape = [c, g, g] if cnn else [g, g, c]
+        out.append({"name": "stem" if i == 0 else f"stage{i + 1}", "layout": "nchw" if cnn else "nhwc",
+                    "shape": shape})
+    return out
+
+
+def fuse(args: list[str]) -> dict:
+    teacher, student = args[0], args[1]
+    for name in (teacher, student):
+        if name not in KIND:
+            fail(f"unknown model {name!r}", "pick a name from `fbt-engine models`")
+        if not FUSABLE[name]:
+            fail(f"{name} has no 4-stage adapter, so it cannot be fused",
+                 "choose a fusable model (see the fusable column)")
+    img, split = int(opt(args, "--img-size", "224")), int(opt(args, "--split", "3"))
+    order, depth = opt(args, "--order", "auto"), int(opt(args, "--depth", "3"))
+    local, glob = (teacher, student) if order == "teacher-first" else (student, teacher)
+    chain = (f"{local} stem..stage{split} > L2G (conv1x1 256->384, attention) > "
+             f"{glob} stage{split + 1}..stage4 > head")
+    summary = "\n".join([f"FusedModel ({local} + {glob}, img {img})"] + [
+        f"{'  ' * d}├─Block{d}-{i}: {d}-{i} [1, 256, 14, 14]  {1000 * (d + i)}"
+        for d in range(1, depth + 1) for i in range(1, 4)])
+    return {"teacher": {"name": teacher, "kind": KIND[teacher], "params": 28288354,
+                        "stages": stages(teacher, img)},
+            "student": {"name": student, "kind": KIND[student], "params": 11689512,
+                        "stages": stages(student, img)},
+            "plan": {"local": "student" if local == student else "teacher", "global": "teacher",
+                     "local_model": local, "global_model": glob, "split": split, "order": order,
+                     "reason": "the CNN goes first (local features)", "junction_in": [256, 14, 14],
+                     "junction_out": [14, 14, 384], "chain": chain},
+            "params": {"teacher": 28288354, "student": 11689512, "fused_total": 24000000,
+                       "shared_with_teacher": 7000000, "shared_with_student": 2800000,
+                       "new_learnable": 1300000},
+            "mult_adds": 2_345_678_901, "summary": summary}
+
+
+class Out:
+    """Writes each event to events.jsonl and stdout; survives the TUI closing its pipe."""
+
+    def __init__(self, run: str, path: Path) -> None:
+        self.run, self.path, self.t0, self.stdout_ok = run, path, time.monotonic(), True
+
+    def emit(self, type: str, **data) -> None:
+        line = encode(Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 3), data=data))
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line)
+        if self.stdout_ok:
+            try:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            except (BrokenPipeError, OSError):
+                self.stdout_ok = False  # the TUI left: keep going, write the file only
+
+
+def scenario_of(preset: str) -> str:
+    env = os.environ.get("FBT_FAKE_SCENARIO", "")
+    if env:
+        return env
+    stem = Path(preset).stem
+    return next((s for s in ("fail", "crash", "fast", "slow") if s in stem), "normal")
+
+
+def read_preset(path: str) -> dict:
+    import tomllib
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        fail(f"preset file {path!r} does not exist or is not TOML", "give a path to a .toml preset")
+    return {}
+
+
+def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: bool = False) -> None:
+    epochs = int(cfg.get("train", {}).get("epochs", 3))
+    steps = 25 if scenario == "fast" else 8
+    if scenario == "fast":
+        epochs = max(epochs, 20)
+    delay = float(os.environ.get("FBT_FAKE_DELAY", "0.02" if scenario == "fast" else "0.05"))
+    t0 = time.monotonic()
+    out.emit("started", config=cfg, method=cfg.get("method", "fbt"),
+             teacher=cfg.get("teacher", {}).get("model", "swin_tiny_patch4_window7_224"),
+             student=cfg.get("student", {}).get("model", "resnet18"), device="cpu", world_size=1,
+             params={"fused_total": 24000000}, pid=os.getpid(), resumed=resumed)
+    out.emit("phase", phase="distill", epochs=epochs, steps_per_epoch=steps)
+    best = (0, 0.0)
+    for epoch in range(start_epoch, epochs + 1):
+        for i in range(1, steps + 1):
+            step = (epoch - 1) * steps + i
+            if scenario == "fail" and epoch == 2 and i == 3:
+                out.emit("failed", kind="nan_loss", message="loss became NaN at step "
+                         f"{step} (term ofa/t->s)", hint="lower train.lr or set train.grad_clip",
+                         step=step, term="ofa/t->s")
+                raise SystemExit(1)
+            if scenario == "crash" and epoch == 2 and i == 2:
+                print("Traceback (most recent call last):\n  File \"trainer.py\", line 1\n"
+                      "RuntimeError: CUDA error: an illegal memory access was encountered",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+            time.sleep(delay)
+            loss = 3.0 / (1 + 0.1 * step)
+            out.emit("step", phase="distill", epoch=epoch, step=step, steps_per_epoch=steps,
+                     lr=1e-3 * (1 - step / (epochs * steps + 1)), loss=round(loss * 1.6, 5),
+                     terms={"ce": round(loss, 5), "ofa/t->s": round(loss * 0.4, 5),
+                            "nce/f->s": round(loss * 0.2, 5)},
+                     samples_per_s=1234.5, eta_s=round((epochs * steps - step) * delay, 2))
+            if STOP:
+                return finish(out, "stopped", best, epoch, t0)
+        top1 = round(40 + 50 * (1 - 1 / (1 + epoch)), 2)
+        out.emit("eval", phase="distill", epoch=epoch, student_top1=top1, student_top5=min(100, top1 + 8),
+                 fused_top1=round(top1 + 3, 2), teacher_top1=92.5)
+        is_best = top1 > best[1]
+        best = (epoch, top1) if is_best else best
+        out.emit("checkpoint", path=str(out.path.parent / "checkpoints" / "last.pt"), epoch=epoch, best=is_best)
+        print(f"epoch {epoch}/{epochs} student top1 {top1}", file=sys.stderr, flush=True)
+    finish(out, "completed", best, epochs, t0)
+
+
+def finish(out: Out, reason: str, best: tuple[int, float], epoch: int, t0: float) -> None:
+    out.emit("finished", reason=reason, best={"epoch": best[0], "student_top1": best[1]},
+             last={"epoch": epoch, "student_top1": best[1]}, duration_s=round(time.monotonic() - t0, 2),
+             student_path=str(out.path.parent / "student.safetensors"))
+
+
+def on_sigint(*_: object) -> None:
+    global STOP
+    STOP = True
+
+
+def run(args: list[str]) -> None:
+    preset = args[0]
+    cfg = read_preset(preset)
+    name = opt(args, "--name", cfg.get("name", Path(preset).stem))
+    run_dir = Path(opt(args, "--runs-dir", cfg.get("runs_dir", "runs"))) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(Path(preset).read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"run {name} in {run_dir}", file=sys.stderr, flush=True)
+    train(Out(name, run_dir / "events.jsonl"), cfg, scenario_of(preset))
+
+
+def resume(args: list[str]) -> None:
+    run_dir = Path(args[0])
+    cfg = read_preset(str(run_dir / "config.toml"))
+    done = [e for e in read_events(run_dir / "events.jsonl") if getattr(e, "type", "") == "eval"]
+    start = (int(done[-1].get("epoch")) + 1) if done else 1
+    print(f"resuming {run_dir.name} at epoch {start}", file=sys.stderr, flush=True)
+    train(Out(run_dir.name, run_dir / "events.jsonl"), cfg, "normal", start_epoch=start, resumed=True)
+
+
+def main(argv: list[str]) -> None:
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigint)
+    if not argv:
+        fail("no command given", "use models, fuse, run, resume or validate")
+    cmd, args = argv[0], argv[1:]
+    if cmd == "models":
+        print(json.dumps(models_json()))
+    elif cmd == "fuse":
+        print(json.dumps(fuse(args)))
+    elif cmd == "run":
+        run(args)
+    elif cmd == "resume":
+        resume(args)
+    elif cmd == "validate":
+        read_preset(args[0])
+    else:
+        fail(f"unknown command {cmd!r}", "use models, fuse, run, resume or validate")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,94 @@
+"""Catalog screen: loading from the engine, search per keystroke, kind filter, sort, t/s."""
+
+from __future__ import annotations
+
+import pytest
+from textual.widgets import DataTable, Select, Static
+
+from tui_helpers import SIZE, make_app, wait_for
+
+pytestmark = pytest.mark.asyncio
+
+
+def names(app) -> list[str]:  # type: ignore[no-untyped-def]
+    table = app.screen.query_one("#models", DataTable)
+    return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+
+
+async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: pilot.app.screen.query_one("#models", DataTable).row_count > 0, what="catalog")
+
+
+async def test_catalog_loads_from_engine(fake_engine, workdir) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        assert len(names(app)) == 13
+        assert names(app) == sorted(names(app))
+        assert "13 of 13 models" in str(app.screen.query_one("#catalog-count", Static).render())
+
+
+async def test_search_filters_per_keystroke(fake_engine, workdir) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", "r", "e", "s")
+        # "res" matches resnet18/50 and resmlp by name; the filter runs on each key.
+        assert set(names(app)) == {"resnet18", "resnet50", "resmlp_12_224"}
+        await pilot.press("n")
+        assert set(names(app)) == {"resnet18", "resnet50"}
+        await pilot.press("backspace", "backspace", "backspace", "backspace")
+        assert len(names(app)) == 13
+
+
+async def test_kind_filter_and_fusable(fake_engine, workdir) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        app.screen.query_one("#kind", Select).value = "msa"
+        await pilot.pause()
+        assert set(names(app)) == {"vit_tiny_patch16_224", "deit_small_patch16_224", "swin_tiny_patch4_window7_224"}
+        app.screen.query_one("#kind", Select).value = "all"
+        await pilot.click("#fusable")
+        await pilot.pause()
+        assert "levit_128" not in names(app) and len(names(app)) == 11
+
+
+async def test_sort_by_column(fake_engine, workdir) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        app.screen.set_sort("params")
+        await pilot.pause()
+        assert names(app)[0] == "mobilenetv3_small_100"
+        assert names(app)[-1] == "legacy_senet154"  # unknown params sort last
+        app.screen.set_sort("params")  # again: descending, unknown still last
+        await pilot.pause()
+        assert names(app)[0] == "mixer_b16_224" and names(app)[-1] == "legacy_senet154"
+        await pilot.press("o")  # cycles to the next column
+        assert app.screen.sort_key == "input_size"
+
+
+async def test_t_and_s_choose_the_pair_shown_in_header(fake_engine, workdir) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        await pilot.press("slash", *"swin", "enter", "t")
+        await pilot.press("slash", "ctrl+a", "ctrl+k", *"resnet18", "enter", "s")
+        await pilot.pause()
+        assert (app.teacher, app.student) == ("swin_tiny_patch4_window7_224", "resnet18")
+        header = str(app.screen.query_one("PairHeader").render())
+        assert "swin_tiny_patch4_window7_224" in header and "resnet18" in header
+        await pilot.press("3")  # the header follows to other screens
+        await pilot.pause()
+        assert "resnet18" in str(app.screen.query_one("PairHeader").render())
+
+
+async def test_missing_engine_shows_error(monkeypatch, workdir) -> None:
+    monkeypatch.setenv("FBT_ENGINE", "/nonexistent/fbt-engine")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        err = app.screen.query_one("#catalog-error", Static)
+        await wait_for(pilot, lambda: not err.has_class("hidden"), what="error")
+        text = str(err.render())
+        assert "was not found" in text and "FBT_ENGINE" in text
