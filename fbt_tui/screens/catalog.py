@@ -68,6 +68,7 @@ class CatalogScreen(FbtScreen):
     """Browse models; `t` makes the highlighted one the teacher, `s` the student."""
 
     MODE = "catalog"
+    AUTO_FOCUS = "#models"  # keys (t, s, digits) work at once; `/` goes to the search box
     BINDINGS = [("t", "choose('teacher')", "Teacher"), ("s", "choose('student')", "Student"),
                 ("slash", "focus_search", "Search"), ("o", "cycle_sort", "Sort"),
                 ("enter", "preview", "Preview pair")]
