@@ -126,6 +126,7 @@ class FbtApp(App[None]):
 
         def answered(choice: str | None) -> None:
             if choice == "leave":
+                session.detach()
                 self.exit()
             elif choice == "stop":
                 session.stop()

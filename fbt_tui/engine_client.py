@@ -14,6 +14,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 from collections import deque
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -27,6 +28,14 @@ ENGINE_ENV = "FBT_ENGINE"
 # too tight for that, so allow generous lines.
 LINE_LIMIT = 8 * 1024 * 1024
 TAIL_POLL_S = 0.25
+# Reads the given fds until every one is at EOF (runs in its own process, stdlib only).
+DRAIN = """import os, select, sys
+fds = [int(a) for a in sys.argv[1:]]
+while fds:
+    for fd in select.select(fds, [], [])[0]:
+        if not os.read(fd, 65536):
+            fds.remove(fd)
+"""
 
 
 def engine_command() -> list[str]:
@@ -229,6 +238,21 @@ class RunSession:
             if item is not None:
                 self.state.apply(item)
         return pos, lines[-1], bool(chunk)
+
+    def detach(self) -> None:
+        """Let the child outlive the TUI: hand our ends of its pipes to a tiny drain process.
+
+        Without a reader, the engine's next write to stdout/stderr would fail with a broken pipe
+        and end the run; the drainer keeps the pipes open and discards what arrives (the engine
+        writes everything that matters to the run folder anyway).
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        fds = (self.proc.stdout.fileno(), self.proc.stderr.fileno())
+        subprocess.Popen([sys.executable, "-c", DRAIN, *map(str, fds)], pass_fds=fds,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
 
     # --- control --------------------------------------------------------------------------
     def stop(self) -> bool:
