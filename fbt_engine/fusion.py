@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,9 +231,11 @@ class FusedModel(nn.Module):
     def __init__(self, plan: FusionPlan, local: Adapter, global_: Adapter, teacher: nn.Module) -> None:
         super().__init__()
         self.plan = plan
-        self.local = nn.Sequential(local.stem, *local.stages[:plan.split])
+        k = plan.split
+        self.local = nn.Sequential(OrderedDict(
+            [("stem", local.stem)] + [(f"stage{i + 1}", local.stages[i]) for i in range(k)]))
         self.l2g = L2G(plan.l2g, global_)
-        self.tail = nn.Sequential(*global_.stages[plan.split:])
+        self.tail = nn.Sequential(OrderedDict((f"stage{i + 1}", global_.stages[i]) for i in range(k, 4)))
         self.head = global_.head
         object.__setattr__(self, "_global", global_)
         object.__setattr__(self, "_teacher", teacher)  # kept in eval mode whatever F's mode is

@@ -1,0 +1,158 @@
+"""`fbt-engine`: the headless engine. Data on stdout, people on stderr.
+
+torch and timm are imported inside the commands that need them, so `--help` and the cached
+catalog answer at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from .errors import FBTError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fuse Before Transfer: distil any timm teacher into any timm student.")
+
+
+def _fail(exc: FBTError) -> None:
+    typer.echo(f"error: {exc.message}", err=True)
+    if exc.hint:
+        typer.echo(f"hint: {exc.hint}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors become one sentence and a hint on stderr with exit code 2; bugs keep tracebacks."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FBTError as exc:
+            _fail(exc)
+    return wrapper
+
+
+def _quiet_timm() -> None:
+    import logging
+    logging.getLogger("timm").setLevel(logging.ERROR)
+
+
+@app.command()
+@user_errors
+def models(
+    filter: Annotated[str, typer.Option("--filter", "-f", help="Name pattern: glob (resnet*) or substring.")] = "",
+    kind: Annotated[str, typer.Option(help="Only this kind: cnn, msa, mlp, hybrid, unknown.")] = "",
+    fusable: Annotated[bool, typer.Option("--fusable", help="Only models FBT can fuse.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+    counts: Annotated[bool, typer.Option(help="Compute missing parameter counts (first run: a few minutes, "
+                                              "then cached).")] = True,
+) -> None:
+    """List timm architectures with family, kind, parameters, input size, pretrained tags, fusable."""
+    from . import catalog as cat
+    if kind and kind not in cat.KINDS:
+        raise FBTError(f"unknown kind {kind!r}", f"use one of: {', '.join(cat.KINDS)}")
+    entries = cat.catalog(counts=counts, progress=_progress_printer("counting parameters") if counts else None)
+    chosen = cat.select(entries, filter, kind, fusable)
+    if as_json:
+        sys.stdout.write(json.dumps(cat.to_json(chosen)) + "\n")
+        return
+    _print_models(chosen)
+
+
+def _progress_printer(label: str) -> Callable[[int, int], None]:
+    def show(i: int, n: int) -> None:
+        if i == 1 or i == n or i % 50 == 0:
+            typer.echo(f"{label}: {i}/{n}", err=True)
+    return show
+
+
+def _fmt_params(n: Optional[int]) -> str:
+    return "?" if not n or n < 0 else f"{n / 1e6:.1f}M"
+
+
+def _print_models(entries: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("name", "family", "kind", "params", "input", "fusable", "pretrained tags")
+    for e in entries:
+        table.add_row(e.name, e.family, e.kind, _fmt_params(e.params), "x".join(map(str, e.input_size[1:])),
+                      "yes" if e.fusable else "", ", ".join(e.pretrained_tags[:3]) + (" ..." if len(e.pretrained_tags) > 3 else ""))
+    Console().print(table)
+    typer.echo(f"{len(entries)} models", err=True)
+
+
+@app.command()
+@user_errors
+def fuse(
+    teacher: Annotated[str, typer.Argument(help="Teacher: a timm model name.")],
+    student: Annotated[str, typer.Argument(help="Student: a timm model name.")],
+    img_size: Annotated[int, typer.Option(help="Input size (square).")] = 224,
+    num_classes: Annotated[int, typer.Option(help="Classes of the task.")] = 1000,
+    order: Annotated[str, typer.Option(help="auto | student-first | teacher-first")] = "auto",
+    split: Annotated[int, typer.Option(help="Stages taken from the local model (1-3).")] = 3,
+    mixer: Annotated[str, typer.Option(help="L2G mixing: auto | attention | none")] = "auto",
+    depth: Annotated[int, typer.Option(help="Depth of the torchinfo tree.")] = 2,
+    teacher_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
+    student_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Show the fused model FBT builds for a teacher/student pair: plan, parameters, mult-adds, tree."""
+    _quiet_timm()
+    from .summary import fuse_report
+    if order not in ("auto", "student-first", "teacher-first"):
+        raise FBTError(f"--order {order!r} is not one of auto, student-first, teacher-first",
+                       "use auto to let the CNN of the pair provide the local stages")
+    report = fuse_report(teacher, student, img_size=img_size, num_classes=num_classes, order=order,
+                         split=split, mixer=mixer, depth=depth, teacher_kwargs=_json_arg(teacher_kwargs, "--teacher-kwargs"),
+                         student_kwargs=_json_arg(student_kwargs, "--student-kwargs"))
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+        return
+    _print_fuse(report)
+
+
+def _json_arg(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise FBTError(f"{flag} {text!r} is not a JSON object", f"write it like {flag} '{{\"patch_size\": 4}}'")
+    return value
+
+
+def _print_fuse(r: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    con = Console(soft_wrap=True)
+    plan = r["plan"]
+    con.print(f"[bold]Fused model[/] for {r['teacher']['name']} -> {r['student']['name']} "
+              f"at {r['img_size']}x{r['img_size']}")
+    con.print(f"  local (L):  {plan['local_model']} ({plan['local']}) - {plan['reason']}")
+    con.print(f"  global (G): {plan['global_model']} ({plan['global']})")
+    con.print(f"  chain:      {plan['chain']}")
+    l2g = plan["l2g"]
+    con.print(f"  L2G:        {l2g['in_layout']} {l2g['in_grid']}x{l2g['in_channels']} -> {l2g['out_layout']} "
+              f"{l2g['out_grid']}x{l2g['out_channels']}; {l2g['resample']}, LayerNorm, mixer={l2g['mixer']}"
+              f"{' (%d heads)' % l2g['heads'] if l2g['mixer'] == 'attention' else ''}"
+              f"{', class token + pos embed' if l2g['out_prefix'] else ''}")
+    table = Table("parameters", "count", title=None)
+    for key, value in r["params"].items():
+        table.add_row(key.replace("_", " "), f"{value:,}")
+    table.add_row("F mult-adds", f"{r['mult_adds']:,}")
+    con.print(table)
+    sys.stdout.write(r["summary"] + "\n")  # torchinfo's own fixed-width table: never re-wrapped
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
