@@ -16,7 +16,7 @@ from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from fbt_engine.config import DATASETS, METHODS, RunConfig, apply_overrides, dumps, from_dict, read_toml, to_dict
@@ -119,10 +119,11 @@ class ConfigureScreen(FbtScreen):
         yield Static("", id="config-status")
         with VerticalScroll(id="form"):
             for f in FIELDS:
-                with Horizontal(classes="field-row"):
-                    yield Label(f.label, classes="field-label")
-                    yield self._widget(f)
-                    yield Static("", id=f"e-{f.wid}", classes="field-error")
+                with Vertical(classes="field"):
+                    with Horizontal(classes="field-row"):
+                        yield Label(f.label, classes="field-label")
+                        yield self._widget(f)
+                    yield Static("", id=f"e-{f.wid}", classes="field-error hidden")
 
     @staticmethod
     def _widget(f: Field) -> Input | Select:
@@ -224,6 +225,7 @@ class ConfigureScreen(FbtScreen):
         for f in FIELDS:
             widget = self.query_one(f"#e-{f.wid}", Static)
             widget.update(errors.get(f.key, ""))
+            widget.set_class(f.key not in errors, "hidden")
             self.query_one(f"#{f.wid}").set_class(f.key in errors, "invalid")
 
     def _status(self, text: str, error: bool = False) -> None:

@@ -36,7 +36,7 @@ def fuse_args(key: Key) -> list[str]:
 
 
 def format_shape(shape: Any) -> str:
-    return " x ".join(str(s) for s in shape) if isinstance(shape, list) else str(shape)
+    return "x".join(str(s) for s in shape) if isinstance(shape, list) else str(shape)
 
 
 def format_count(n: Any) -> str:
