@@ -29,7 +29,7 @@ async def test_preview_shows_stages_chain_params_summary(fake_engine, workdir) -
         await wait_for(pilot, lambda: screen.shown_key is not None, what="preview")
         assert "resnet18 stem..stage3 > L2G" in chain(screen)
         assert screen.query_one("#teacher-stages", DataTable).row_count == 4
-        assert screen.query_one("#student-stages", DataTable).get_row_at(3)[2] == "512 x 7 x 7"
+        assert screen.query_one("#student-stages", DataTable).get_row_at(3)[2] == "512x7x7"
         assert screen.query_one("#params", DataTable).row_count == 6
         assert "2.35 G" in str(screen.query_one("#mult-adds", Static).render())
         summary = screen.query_one("#summary", TextArea).text
@@ -49,7 +49,7 @@ async def test_controls_rerequest(fake_engine, workdir) -> None:
         await wait_for(pilot, lambda: "Block4-1" in screen.query_one("#summary", TextArea).text, what="depth")
         screen.query_one("#img-size", Input).value = "64"
         await wait_for(pilot, lambda: screen.shown_key is not None and screen.shown_key[2] == 64, what="img")
-        assert screen.query_one("#student-stages", DataTable).get_row_at(0)[2] == "64 x 16 x 16"
+        assert screen.query_one("#student-stages", DataTable).get_row_at(0)[2] == "64x16x16"
 
 
 async def test_unsupported_pair_shows_sentence_and_hint(fake_engine, workdir) -> None:

@@ -93,7 +93,7 @@ async def test_stop_is_graceful(fake_engine, workdir, monkeypatch) -> None:
 
 
 async def test_kill_asks_first(fake_engine, workdir, monkeypatch) -> None:
-    monkeypatch.setenv("FBT_FAKE_DELAY", "0.1")
+    monkeypatch.setenv("FBT_FAKE_DELAY", "0.5")  # long enough to outlast the modal under load
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         session = await start(pilot, workdir)

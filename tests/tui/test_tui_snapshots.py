@@ -16,6 +16,7 @@ def test_catalog_screen(snap_compare, fake_engine, workdir) -> None:
     async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
         await wait_for(pilot, lambda: pilot.app.screen.query_one("#models", DataTable).row_count > 0)
         await pilot.press("down", "down")
+        await pilot.pause(0.3)  # let the loading overlay go
 
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=run_before)
 
@@ -48,8 +49,8 @@ def test_configure_screen(snap_compare, fake_engine, workdir) -> None:
         await pilot.press("f3")
         await pilot.pause()
         pilot.app.screen.query_one("#f-train-epochs").value = "zero"  # shows a field error
-        pilot.app.screen.query_one("#f-train-epochs").blur()
-        await pilot.pause(0.2)
+        pilot.app.screen.set_focus(None)  # no blinking text cursor in the frame
+        await pilot.pause(0.3)
 
     assert snap_compare(make_app(preset="quick.toml", start_mode="configure"), terminal_size=SIZE,
                         run_before=run_before)
