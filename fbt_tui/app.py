@@ -8,23 +8,30 @@ header watches, and `session` is what the run screen draws. Messages up: screens
 from __future__ import annotations
 
 import asyncio
+import importlib
 from pathlib import Path
+from typing import Callable
 
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.screen import Screen
 
 from .engine_client import RunSession
 from .messages import OpenRun, PairChosen, RunEnded, StartRun
 from .run_state import RunState, replay
 from .screens.catalog import CatalogScreen
-from .screens.configure import ConfigureScreen
-from .screens.preview import PreviewScreen
-from .screens.run import RunScreen
-from .screens.runs import RunsScreen
 from .widgets.modals import quit_modal
 
 STOP_WAIT_S = 30.0
+
+
+def _lazy(module: str, name: str) -> Callable[[], Screen]:
+    """A screen factory that imports its module on first use: only the catalog is needed for
+    the first frame, and the chart/text-area widgets of the others cost start-up time."""
+    def make() -> Screen:
+        return getattr(importlib.import_module(module, __package__), name)()
+    return make
 
 
 class FbtApp(App[None]):
@@ -32,8 +39,9 @@ class FbtApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "FBT Workbench"
-    MODES = {"catalog": CatalogScreen, "preview": PreviewScreen, "configure": ConfigureScreen,
-             "run": RunScreen, "runs": RunsScreen}
+    MODES = {"catalog": CatalogScreen, "preview": _lazy(".screens.preview", "PreviewScreen"),
+             "configure": _lazy(".screens.configure", "ConfigureScreen"),
+             "run": _lazy(".screens.run", "RunScreen"), "runs": _lazy(".screens.runs", "RunsScreen")}
     BINDINGS = [
         Binding("1", "switch_mode('catalog')", "Catalog", show=False),
         Binding("2", "switch_mode('preview')", "Preview", show=False),

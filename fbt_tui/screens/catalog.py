@@ -10,6 +10,7 @@ from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
@@ -71,7 +72,7 @@ class CatalogScreen(FbtScreen):
     AUTO_FOCUS = "#models"  # keys (t, s, digits) work at once; `/` goes to the search box
     BINDINGS = [("t", "choose('teacher')", "Teacher"), ("s", "choose('student')", "Student"),
                 ("slash", "focus_search", "Search"), ("o", "cycle_sort", "Sort"),
-                ("enter", "preview", "Preview pair")]
+                Binding("enter", "preview", "Preview pair", show=False)]
 
     def __init__(self) -> None:
         super().__init__()
@@ -92,7 +93,8 @@ class CatalogScreen(FbtScreen):
 
     def on_mount(self) -> None:
         self.query_one("#models", DataTable).loading = True
-        self.load_catalog()
+        # Paint first: the engine child (which imports torch) competes for the CPU.
+        self.call_after_refresh(self.load_catalog)
 
     @work(exclusive=True, group="catalog")
     async def load_catalog(self) -> None:

@@ -32,15 +32,16 @@ def status_text(state: RunState) -> str:
     """The three status lines above the charts (Rich markup)."""
     style = STATUS_STYLE.get(state.status, "bold")
     phase = f"  phase {state.phase}" if state.phase else ""
-    pair = f"{state.teacher} -> {state.student}" if state.teacher else state.student
-    line1 = f"[b]{state.name or '?'}[/b]  [{style}]{state.status}[/]{phase}  {state.method}  {pair}"
+    took = ""
+    if state.final is not None and state.final.get("duration_s") is not None:
+        took = f"  took {format_duration(state.final.get('duration_s'))}"
+    line1 = f"[b]{state.name or '?'}[/b]  [{style}]{state.status}[/]{phase}  {state.method}  {state.device}{took}"
+    line2 = f"{state.teacher} -> {state.student}" if state.teacher else state.student
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
     done, total = state.progress
-    line2 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {format_duration(state.eta_s) or '-'}  "
-             f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.2e')}")
-    line3 = f"loss {fmt(state.loss, '.4f')}  best top-1 {fmt(state.best_top1, '.2f', '%')}  {state.device}"
-    if state.final is not None and state.final.get("duration_s") is not None:
-        line3 += f"  took {format_duration(state.final.get('duration_s'))}"
+    line3 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {format_duration(state.eta_s) or '-'}  "
+             f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.1e')}  "
+             f"loss {fmt(state.loss, '.4f')}  best {fmt(state.best_top1, '.2f', '%')}")
     return f"{line1}\n{line2}\n{line3}"
 
 
