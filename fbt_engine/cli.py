@@ -150,6 +150,68 @@ def _print_fuse(r: dict[str, Any]) -> None:
     sys.stdout.write(r["summary"] + "\n")  # torchinfo's own fixed-width table: never re-wrapped
 
 
+@app.command()
+@user_errors
+def run(
+    preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run name (folder under the runs dir).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (default: the preset's, runs/).")] = None,
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
+) -> None:
+    """Train: (teacher if needed, then) distil the student as the preset says."""
+    from . import config as C
+    cfg = C.load_preset(preset, set_ or [])
+    _quiet_timm()
+    from .run import start
+    code, _ = start(cfg, name=name, runs_dir=runs_dir, jsonl=jsonl)
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def resume(
+    run_dir: Annotated[str, typer.Argument(help="A run folder, e.g. runs/quickstart.")],
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
+) -> None:
+    """Continue a stopped run from its last checkpoint, in the same folder."""
+    _quiet_timm()
+    from .run import resume as resume_run
+    raise typer.Exit(resume_run(run_dir, jsonl=jsonl))
+
+
+@app.command()
+@user_errors
+def validate(
+    preset: Annotated[str, typer.Argument(help="Preset TOML file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Print the fully resolved preset.")] = False,
+) -> None:
+    """Check a preset (types, names, ranges) without importing torch; exit 0 when valid."""
+    from . import config as C
+    cfg = C.load_preset(preset, set_ or [])
+    if show:
+        sys.stdout.write(C.dumps(cfg))
+
+
+@app.command("eval")
+@user_errors
+def eval_(
+    target: Annotated[str, typer.Argument(help="A run folder, or a checkpoint (.pt/.safetensors) inside one.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override data settings, e.g. data.root=...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Evaluate a run's student (best checkpoint by default) on the validation set."""
+    _quiet_timm()
+    from .evaluate import evaluate_run
+    result = evaluate_run(target, set_ or [])
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        typer.echo(f"{result['student']} from {result['weights']}: top-1 {result['top1']:.2f}%  "
+                   f"top-5 {result['top5']:.2f}%  ({result['images']} images of {result['dataset']})")
+
+
 def main() -> None:
     app()
 

@@ -109,9 +109,10 @@ class Emitter:
     """
 
     def __init__(self, run: str, path: str | Path | None = None, stream: IO[str] | None = None,
-                 enabled: bool = True) -> None:
+                 enabled: bool = True, listeners: list[Any] | None = None, t_offset: float = 0.0) -> None:
         self.run = run
-        self.t0 = time.monotonic()
+        self.listeners = listeners if enabled and listeners else []  # callables taking an Event
+        self.t0 = time.monotonic() - t_offset  # a resumed run continues its clock
         self.enabled = enabled
         self._file = open(path, "a", encoding="utf-8") if (path is not None and enabled) else None
         self._stream = stream if enabled else None
@@ -123,6 +124,8 @@ class Emitter:
             if out is not None:
                 out.write(line)
                 out.flush()
+        for listener in self.listeners:
+            listener(event)
         return event
 
     def close(self) -> None:

@@ -1,0 +1,58 @@
+"""`fbt-engine eval`: score a run's student on a validation set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import config as C
+from .errors import TrainingError
+
+
+def _locate(target: Path) -> tuple[Path, Path]:
+    """(run folder, weights file) from a run folder or a file inside one."""
+    if target.is_dir():
+        for name in ("checkpoints/best.pt", "student.safetensors", "checkpoints/last.pt"):
+            if (target / name).is_file():
+                return target, target / name
+        raise TrainingError(f"run folder {str(target)!r} has no checkpoint yet",
+                            "wait for the first epoch to finish, or give another run")
+    if target.is_file():
+        run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
+        return run_dir, target
+    raise TrainingError(f"{str(target)!r} is neither a run folder nor a checkpoint file",
+                        "give runs/<name> or runs/<name>/checkpoints/best.pt")
+
+
+def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
+    import torch
+    from .checkpoint import load, load_weights
+    from .data import build_loaders
+    from .task import create_student
+    from .trainer import Runtime, evaluate
+    run_dir, weights = _locate(Path(target))
+    if not (run_dir / "config.toml").is_file():
+        raise TrainingError(f"no config.toml next to {str(weights)!r}", "give a file inside a run folder")
+    cfg = C.load_preset(run_dir / "config.toml", overrides)
+    _, val_loader, info = build_loaders(cfg.data, cfg.aug, cfg.train.batch_size, cfg.seed)
+    student = create_student(C.replace(cfg, student=C.replace(cfg.student, checkpoint="", pretrained=False)),
+                             info.num_classes)
+    if weights.suffix == ".pt":
+        ckpt = load(weights)
+        if ckpt.get("phase") != "distill":
+            raise TrainingError(f"{str(weights)!r} is a teacher-phase checkpoint", "evaluate the run folder instead")
+        student.load_state_dict({k.removeprefix("student."): v for k, v in ckpt["module"].items()
+                                 if k.startswith("student.")})
+    else:
+        load_weights(student, weights, "student")
+    rt = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), amp_dtype=None,
+                 scaler=False, channels_last=False)
+
+    class _View(torch.nn.Module):
+        def __init__(self, m: torch.nn.Module) -> None:
+            super().__init__()
+            self.student = m
+
+    m = evaluate(_View(student).to(rt.device), val_loader, rt, with_teacher=False)
+    return {"run": str(run_dir), "weights": str(weights), "student": cfg.student.model, "dataset": info.name,
+            "images": info.val_size, "top1": m["top1"], "top5": m["top5"]}

@@ -1,0 +1,354 @@
+"""The training loop: one readable function per concern, used for both phases (teacher, distill)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .checkpoint import rng_state, set_rng_state
+from .config import TrainConfig
+from .events import Emitter
+
+
+@dataclass
+class TrainState:
+    """Where a phase stands; saved in every checkpoint."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimiser steps in this phase
+    epoch_step: int = 0  # steps done in the current, unfinished epoch (a graceful stop mid-epoch)
+    best_top1: float = -1.0
+    best_epoch: int = 0
+    teacher_top1: float | None = None
+    last: dict[str, Any] = field(default_factory=dict)  # last eval
+    best: dict[str, Any] = field(default_factory=dict)  # eval at the best epoch
+
+
+@dataclass
+class Runtime:
+    """Device, precision and distribution settings resolved for this process."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: bool
+    channels_last: bool
+    distributed: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite and its terms.
+
+    Checking `isfinite(loss)` on the host every step would force a device sync; this keeps the
+    check on the device and is read only when events are emitted.
+    """
+
+    def __init__(self) -> None:
+        self.first_bad: torch.Tensor | None = None
+        self.bad_terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def update(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([total.detach().float()] + [v.float() for v in terms.values()])
+        bad = ~torch.isfinite(values[0])
+        if self.first_bad is None:
+            self.names = ["total"] + list(terms)
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=total.device)
+            self.bad_terms = torch.zeros_like(values)
+        fresh = bad & (self.first_bad < 0)
+        self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
+        self.bad_terms = torch.where(fresh, values, self.bad_terms)
+
+    def check(self) -> tuple[int, str] | None:
+        """(step, term) of the first non-finite loss, or None. Reads from the device."""
+        if self.first_bad is None or int(self.first_bad) < 0:
+            return None
+        vals = self.bad_terms.tolist()
+        culprits = [n for n, v in zip(self.names[1:], vals[1:]) if not math.isfinite(v)]
+        return int(self.first_bad), culprits[0] if culprits else "total"
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, step: int, term: str) -> None:
+        super().__init__(f"the loss became non-finite at step {step} (term `{term}`)")
+        self.step, self.term = step, term
+
+
+def build_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+    kw = {"momentum": tc.momentum} if tc.optimizer.lower() in ("sgd", "momentum", "nesterov") else {}
+    return create_optimizer_v2(module, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay, **kw)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int) -> Any:
+    """timm scheduler updated per step (warm-up and decay are smooth within an epoch)."""
+    if tc.sched == "none":
+        return None
+    from timm.scheduler import create_scheduler_v2
+    sched, _ = create_scheduler_v2(
+        optimizer, sched=tc.sched, num_epochs=tc.epochs, decay_epochs=tc.decay_epochs, decay_rate=tc.decay_rate,
+        min_lr=tc.min_lr, warmup_lr=tc.warmup_lr, warmup_epochs=tc.warmup_epochs, step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch)
+    return sched
+
+
+def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Number of top-1 and top-k hits (as device tensors)."""
+    k = min(k, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    hits = topk == target[:, None]
+    return hits[:, 0].sum(), hits.any(dim=1).sum()
+
+
+@torch.no_grad()
+def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) -> dict[str, float | None]:
+    """Top-1/top-5 of the trained model; fused and teacher top-1 when the module has them."""
+    was = module.training
+    module.eval()
+    fused = getattr(module, "fused", None)
+    teacher = getattr(module, "teacher", None) if with_teacher else None
+    sums = torch.zeros(5, dtype=torch.float64, device=rt.device)  # s1, s5, fused, teacher, n
+    for x, y in loader:
+        x, y = _to_device(x, y, rt)
+        with rt.autocast():
+            s1, s5 = accuracy_counts(module.student(x), y)
+            sums[0] += s1
+            sums[1] += s5
+            if fused is not None:
+                sums[2] += accuracy_counts(fused(x), y)[0]
+            if teacher is not None:
+                sums[3] += accuracy_counts(teacher(x), y)[0]
+        sums[4] += y.shape[0]
+    if rt.distributed:
+        torch.distributed.all_reduce(sums)
+    module.train(was)
+    s = (sums[:4] / sums[4].clamp(min=1) * 100).tolist()
+    return {"top1": s[0], "top5": s[1], "fused_top1": s[2] if fused is not None else None,
+            "teacher_top1": s[3] if teacher is not None else None}
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(rt.device, non_blocking=True)
+
+
+@dataclass
+class Phase:
+    """One training phase: `teacher` (CE on the teacher) or `distill` (the chosen method)."""
+
+    name: str
+    module: nn.Module
+    tc: TrainConfig
+    train_loader: Any
+    val_loader: Any
+    mixup: Any = None
+
+
+class Loop:
+    """Runs a phase: steps, events, evaluation, checkpoints, graceful stop and NaN detection."""
+
+    def __init__(self, phase: Phase, rt: Runtime, emitter: Emitter, save: Callable[["Loop", bool], str],
+                 stop_requested: Callable[["Loop"], bool]) -> None:
+        self.phase, self.rt, self.emitter, self.save, self.stop_requested = phase, rt, emitter, save, stop_requested
+        tc = phase.tc
+        self.module = phase.module.to(rt.device)
+        if rt.channels_last:
+            self.module.to(memory_format=torch.channels_last)
+        self.steps_per_epoch = self._steps_per_epoch()
+        self.optimizer = build_optimizer(self.module, tc)
+        self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(rt.device.type) if rt.scaler else None
+        self.ema = None
+        if tc.ema_decay > 0:
+            from timm.utils import ModelEmaV3
+            self.ema = ModelEmaV3(self.module.student, decay=tc.ema_decay)
+        self.state = TrainState()
+        self.watch = NonFiniteWatch()
+        self._gen: torch.Generator | None = getattr(phase.train_loader, "generator", None)
+        self._epoch_gen_state = self._gen.get_state() if self._gen is not None else None
+        self._resume_rng: dict[str, Any] | None = None
+        self.step_fn = self._wrap(self.module)
+
+    def _steps_per_epoch(self) -> int:
+        n = len(self.phase.train_loader)
+        cap = self.phase.tc.max_steps_per_epoch
+        return min(n, cap) if cap > 0 else n
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        if self.rt.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
+            module = DDP(module, device_ids=ids)
+        if self.phase.tc.compile:
+            module = torch.compile(module)
+        return module
+
+    # --- state for checkpoints --------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        trainable = {k: v for k, v in self.module.state_dict().items() if not k.startswith("teacher.")}
+        return {
+            "phase": self.phase.name, "state": asdict(self.state), "module": trainable,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(self._gen), "epoch_gen": self._epoch_gen_state,
+        }
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        self.module.load_state_dict(ckpt["module"], strict=False)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
+        self.state = TrainState(**ckpt["state"])
+        self._resume_rng = ckpt.get("rng")
+        self._epoch_gen_state = ckpt.get("epoch_gen")
+
+    def _start_epoch_rng(self) -> None:
+        """Before iterating: on resume, put the shuffle generator where the interrupted epoch had it."""
+        if self._gen is None:
+            return
+        if self._resume_rng is not None and self.state.epoch_step > 0 and self._epoch_gen_state is not None:
+            self._gen.set_state(self._epoch_gen_state)  # replay this epoch's order, then skip done steps
+        elif self._resume_rng is not None:
+            set_rng_state(self._resume_rng, self._gen)
+            self._resume_rng = None
+        self._epoch_gen_state = self._gen.get_state()
+
+    def _after_skip_rng(self) -> None:
+        """Mid-epoch resume: after skipping done batches, restore the RNG as it was at the stop."""
+        if self._resume_rng is not None:
+            set_rng_state(self._resume_rng)
+            self._resume_rng = None
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> str:
+        """Train to the configured number of epochs. Returns `completed` or `stopped`."""
+        tc = self.phase.tc
+        self.emitter.emit("phase", phase=self.phase.name, epochs=tc.epochs, steps_per_epoch=self.steps_per_epoch,
+                          start_epoch=self.state.epoch + 1)
+        for epoch in range(self.state.epoch + 1, tc.epochs + 1):
+            if self.train_epoch(epoch) == "stopped":
+                return "stopped"
+            self.state.epoch, self.state.epoch_step = epoch, 0
+            self._raise_if_nonfinite()
+            if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+                self.end_of_epoch(epoch)
+            else:
+                self.save(self, False)
+        return "completed"
+
+    def train_epoch(self, epoch: int) -> str:
+        loader, tc = self.phase.train_loader, self.phase.tc
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        self.module.train()
+        skip = self.state.epoch_step  # resuming a run stopped mid-epoch
+        self._start_epoch_rng()
+        clock, seen = time.perf_counter(), 0
+        for i, (x, y) in enumerate(loader):
+            if i >= self.steps_per_epoch:
+                break
+            if i < skip:
+                continue
+            if i == skip and skip > 0:
+                self._after_skip_rng()
+            seen += self.train_step(x, y)
+            self.state.epoch_step = i + 1
+            if self.state.step % tc.log_every == 0:
+                self._raise_if_nonfinite()
+                self.emit_step(epoch, seen / max(time.perf_counter() - clock, 1e-9))
+                clock, seen = time.perf_counter(), 0
+            if self.stop_requested(self):
+                self.save(self, False)
+                return "stopped"
+        return "done"
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
+        x, y = _to_device(x, y, self.rt)
+        if self.phase.mixup is not None:
+            x, y = self.phase.mixup(x, y)
+        with self.rt.autocast():
+            total, terms = self.step_fn(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.phase.tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.phase.tc.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.state.step += 1
+        if self.scheduler is not None:
+            self.scheduler.step_update(self.state.step)
+        if self.ema is not None:
+            self.ema.update(self.module.student, step=self.state.step)
+        self.watch.update(self.state.step, total, terms)
+        self._last = (total, terms)  # device tensors: read only when a step event is emitted
+        return x.shape[0] * self.rt.world_size
+
+    def emit_step(self, epoch: int, samples_per_s: float) -> None:
+        total, terms = self._last
+        values = torch.stack([total.detach().float()] + [v.float() for v in terms.values()]).tolist()
+        left = (self.phase.tc.epochs - epoch + 1) * self.steps_per_epoch - self.state.epoch_step
+        step_time = self.phase.train_loader.batch_size * self.rt.world_size / max(samples_per_s, 1e-9)
+        self.emitter.emit("step", phase=self.phase.name, epoch=epoch, step=self.state.step,
+                          epoch_step=self.state.epoch_step, steps_per_epoch=self.steps_per_epoch,
+                          lr=self.optimizer.param_groups[0]["lr"], loss=values[0],
+                          terms=dict(zip(terms, values[1:])), samples_per_s=round(samples_per_s, 2),
+                          eta_s=round(left * step_time, 1))
+
+    def _raise_if_nonfinite(self) -> None:
+        bad = self.watch.check()
+        if bad is not None:
+            raise NonFiniteLoss(*bad)
+
+    def end_of_epoch(self, epoch: int) -> None:
+        st = self.state
+        m = evaluate(self.module, self.phase.val_loader, self.rt, with_teacher=st.teacher_top1 is None)
+        if m["teacher_top1"] is not None:
+            st.teacher_top1 = m["teacher_top1"]
+        ema_top1 = evaluate(_EmaView(self.ema.module), self.phase.val_loader, self.rt, False)["top1"] \
+            if self.ema is not None else None
+        result = {"epoch": epoch, "student_top1": m["top1"], "student_top5": m["top5"],
+                  "fused_top1": m["fused_top1"], "teacher_top1": st.teacher_top1, "ema_top1": ema_top1}
+        if self.phase.name == "teacher":  # the model trained in this phase *is* the teacher
+            result.update(teacher_top1=m["top1"], student_top1=None, student_top5=None)
+        self.emitter.emit("eval", phase=self.phase.name, **result)
+        st.last = result
+        is_best = m["top1"] > st.best_top1
+        if is_best:
+            st.best_top1, st.best_epoch, st.best = m["top1"], epoch, result
+        path = self.save(self, is_best)
+        self.emitter.emit("checkpoint", phase=self.phase.name, path=path, epoch=epoch, best=is_best)
+
+
+class _EmaView(nn.Module):
+    """Lets `evaluate` score the EMA copy of the student."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.student = model
