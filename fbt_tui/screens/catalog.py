@@ -135,8 +135,11 @@ class CatalogScreen(FbtScreen):
         table.clear()
         for m in shown:
             table.add_row(*model_row(m), key=str(m.get("name")))
-        if current is not None and current in table.rows:
-            table.move_cursor(row=table.get_row_index(current))
+        exact = self.query_one("#search", Input).value.strip()
+        # Typing a full name puts the cursor on it (not on a longer name that contains it).
+        target = exact if exact in table.rows else current
+        if target is not None and target in table.rows:
+            table.move_cursor(row=table.get_row_index(target))
         arrow = "v" if self.sort_reverse else "^"
         self.query_one("#catalog-count", Static).update(
             f"{len(shown)} of {len(self.models)} models  |  sorted by {self.sort_key} {arrow}  |  "

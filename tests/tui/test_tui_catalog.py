@@ -74,7 +74,7 @@ async def test_t_and_s_choose_the_pair_shown_in_header(fake_engine, workdir) -> 
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("slash", *"swin", "enter", "t")
-        await pilot.press("slash", "ctrl+a", "ctrl+k", *"resnet18", "enter", "s")
+        await pilot.press("slash", *"resnet18", "enter", "s")  # focus selects all: typing replaces
         await pilot.pause()
         assert (app.teacher, app.student) == ("swin_tiny_patch4_window7_224", "resnet18")
         header = str(app.screen.query_one("PairHeader").render())
