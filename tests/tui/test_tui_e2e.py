@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,14 @@ from tui_helpers import SIZE, kill_leftovers, make_app, wait_for
 REPO = Path(__file__).resolve().parents[2]
 
 
+def engine_exe() -> str | None:
+    """`fbt-engine` on PATH, else next to this interpreter (a venv used without activating it)."""
+    sibling = Path(sys.executable).parent / "fbt-engine"
+    return shutil.which("fbt-engine") or (str(sibling) if sibling.is_file() else None)
+
+
 def engine_has_run() -> bool:
-    exe = shutil.which("fbt-engine")
+    exe = engine_exe()
     if exe is None:
         return False
     try:
@@ -46,7 +53,7 @@ def tiny_preset(workdir: Path) -> Path:
 
 
 async def test_tui_runs_the_real_engine_to_finished(workdir, monkeypatch) -> None:
-    monkeypatch.delenv("FBT_ENGINE", raising=False)
+    monkeypatch.setenv("FBT_ENGINE", str(engine_exe()))
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         app.post_message(StartRun(tiny_preset(workdir), "e2e"))
