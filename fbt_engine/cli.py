@@ -165,6 +165,7 @@ def run(
     _quiet_timm()
     from .run import start
     code, _ = start(cfg, name=name, runs_dir=runs_dir, jsonl=jsonl)
+    _ignore_late_signals()
     raise typer.Exit(code)
 
 
@@ -177,7 +178,15 @@ def resume(
     """Continue a stopped run from its last checkpoint, in the same folder."""
     _quiet_timm()
     from .run import resume as resume_run
-    raise typer.Exit(resume_run(run_dir, jsonl=jsonl))
+    code = resume_run(run_dir, jsonl=jsonl)
+    _ignore_late_signals()
+    raise typer.Exit(code)
+
+
+def _ignore_late_signals() -> None:
+    """The run has ended and saved everything: a Ctrl-C during shutdown must not print a traceback."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @app.command()

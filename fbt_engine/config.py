@@ -258,9 +258,9 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError(f"`data.root` is required for imagefolder in {source}",
                           "point it at a folder holding train/ and val/ class folders")
-    t = cfg.teacher
-    if t.train is None and t.checkpoint and cfg.method != "scratch" and not t.checkpoint.strip():
-        raise ConfigError(f"`teacher.checkpoint` in {source} is empty", "give a path")
+    if cfg.teacher.train is not None:
+        _positive(cfg.teacher.train.epochs, "teacher.train.epochs", source)
+        _positive(cfg.teacher.train.lr, "teacher.train.lr", source)
 
 
 # --- TOML and overrides -------------------------------------------------------------------

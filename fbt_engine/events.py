@@ -120,13 +120,22 @@ class Emitter:
     def emit(self, type: str, **data: Any) -> Event:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)
         line = encode(event)
-        for out in (self._file, self._stream):
-            if out is not None:
-                out.write(line)
-                out.flush()
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        if self._stream is not None:
+            try:
+                self._stream.write(line)
+                self._stream.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                self._stream = None  # the reader went away: the run goes on, events.jsonl has everything
         for listener in self.listeners:
             listener(event)
         return event
+
+    def detach_stream(self) -> None:
+        """Stop writing to the stream (its terminal closed); the file keeps every event."""
+        self._stream = None
 
     def close(self) -> None:
         if self._file is not None:

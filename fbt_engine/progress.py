@@ -28,6 +28,7 @@ class Reporter:
         self.tty = self.stream.isatty()
         self.progress = None
         self.task = None
+        self.detached = False
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -40,11 +41,26 @@ class Reporter:
         if self.log is not None:
             self.log.write(text + "\n")
             self.log.flush()
+        if self.detached:
+            return
+        try:
+            if self.progress is not None:
+                self.progress.console.print(text, markup=False, highlight=False)
+            else:
+                self.stream.write(text + "\n")
+                self.stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            self.detach()  # stderr is gone (closed terminal, dead reader): keep training, keep the log
+
+    def detach(self) -> None:
+        """Stop writing to the terminal; log.txt keeps the lines."""
+        self.detached = True
         if self.progress is not None:
-            self.progress.console.print(text, markup=False, highlight=False)
-        else:
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            try:
+                self.progress.stop()
+            except (OSError, ValueError):
+                pass
+            self.progress = None
 
     def note(self, text: str) -> None:
         self._line(f"[{self.run}] {text}")
@@ -72,7 +88,7 @@ class Reporter:
     def _on_step(self, e: Event) -> None:
         info = (f"epoch {e.get('epoch')} loss {e.get('loss', 0):.4f} lr {e.get('lr', 0):.2e} "
                 f"{e.get('samples_per_s', 0):.0f} img/s")
-        if self.progress is not None and self.task is not None:
+        if self.progress is not None and self.task is not None and not self.detached:
             done = (e.get("epoch", 1) - 1) * e.get("steps_per_epoch", 0) + e.get("epoch_step", 0)
             self.progress.update(self.task, completed=done, info=info)
             if self.log is not None:
@@ -112,7 +128,11 @@ class Reporter:
         for label, key in rows:
             if best.get(key) is not None or last.get(key) is not None:
                 table.add_row(label, _pct(best.get(key)), _pct(last.get(key)))
-        Console(file=self.stream, width=100).print(table)
+        if not self.detached:
+            try:
+                Console(file=self.stream, width=100).print(table)
+            except (BrokenPipeError, OSError, ValueError):
+                self.detach()
         if self.log is not None:
             Console(file=self.log, width=100).print(table)
 

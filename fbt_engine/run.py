@@ -32,9 +32,13 @@ class StopSignal:
     on_request: Callable[[], None] | None = None
     _previous: dict[int, Any] = field(default_factory=dict)
 
+    on_hangup: Callable[[], None] | None = None
+
     def install(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        if hasattr(signal, "SIGHUP"):  # the terminal closed: keep training, stop writing to it
+            self._previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: self.on_hangup and self.on_hangup())
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():
@@ -73,8 +77,14 @@ class Run:
         self.reporter = Reporter(cfg.name, log=self.log)
         self.stop.on_request = lambda: self.reporter.note("stop requested: finishing this step and saving a "
                                                           "checkpoint (Ctrl-C again aborts at once)")
+        self.stop.on_hangup = self._hangup
         self.emitter = Emitter(cfg.name, run_dir / "events.jsonl", sys.stdout if jsonl else None, enabled=is_main,
                                listeners=[self.reporter.on_event], t_offset=(resume or {}).get("elapsed", 0.0))
+
+    def _hangup(self) -> None:
+        self.reporter.detach()
+        self.emitter.detach_stream()
+        self.reporter.note("terminal closed (SIGHUP): training goes on; follow runs/<name>/log.txt")
 
     # --- setup ----------------------------------------------------------------------------
     def _runtime(self):

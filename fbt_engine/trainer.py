@@ -280,6 +280,7 @@ class Loop:
             if self.stop_requested(self):
                 self.save(self, False)
                 return "stopped"
+        self._after_skip_rng()  # a run stopped after the epoch's last step skipped every batch
         return "done"
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -289,6 +290,7 @@ class Loop:
         with self.rt.autocast():
             total, terms = self.step_fn(x, y)
         self.optimizer.zero_grad(set_to_none=True)
+        self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (logged)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
@@ -317,7 +319,7 @@ class Loop:
         step_time = self.phase.train_loader.batch_size * self.rt.world_size / max(samples_per_s, 1e-9)
         self.emitter.emit("step", phase=self.phase.name, epoch=epoch, step=self.state.step,
                           epoch_step=self.state.epoch_step, steps_per_epoch=self.steps_per_epoch,
-                          lr=self.optimizer.param_groups[0]["lr"], loss=values[0],
+                          lr=self._lr, loss=values[0],
                           terms=dict(zip(terms, values[1:])), samples_per_s=round(samples_per_s, 2),
                           eta_s=round(left * step_time, 1))
 
