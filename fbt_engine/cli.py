@@ -171,6 +171,57 @@ def run(
 
 @app.command()
 @user_errors
+def compare(
+    preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same budget.")] = "scratch,kd,ofa,fbt",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (default: the preset's, runs/).")] = None,
+) -> None:
+    """Run the same preset once per method (same data, budget and teacher) and print one table."""
+    from . import config as C
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in chosen if m not in C.METHODS]
+    if bad:
+        raise FBTError(f"unknown method(s) {', '.join(bad)} in --methods", f"use some of: {', '.join(C.METHODS)}")
+    base = C.load_preset(preset, set_ or [])
+    if not base.teacher.checkpoint:  # one teacher for every method, trained (if needed) by the first run
+        from pathlib import Path
+        shared = Path(runs_dir or base.runs_dir) / f"{base.name}-teacher.safetensors"
+        base = C.replace(base, teacher=C.replace(base.teacher, checkpoint=str(shared)))
+    _quiet_timm()
+    from .run import start
+    rows = []
+    for method in chosen:
+        code, run_dir = start(C.replace(base, method=method), name=f"{base.name}-{method}", runs_dir=runs_dir)
+        rows.append((method, code, run_dir))
+        if code != 0:
+            break
+    _print_comparison(rows)
+    raise typer.Exit(max((code for _, code, _ in rows), default=0))
+
+
+def _print_comparison(rows: list) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from .events import Event, read_events
+    table = Table("method", "student best top-1", "epoch", "last top-1", "fused top-1", "teacher top-1", "time", "run",
+                  title="same data, same budget, same teacher")
+    for method, code, run_dir in rows:
+        evs = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, Event)]
+        fin = next((e for e in reversed(evs) if e.type in ("finished", "failed")), None)
+        if fin is None or fin.type == "failed":
+            table.add_row(method, "failed", "", "", "", "", "", str(run_dir))
+            continue
+        best, last = fin.get("best_eval") or {}, fin.get("last_eval") or {}
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        table.add_row(method, fmt(best.get("student_top1")), str(best.get("epoch", "")), fmt(last.get("student_top1")),
+                      fmt(best.get("fused_top1")), fmt(best.get("teacher_top1")), f"{fin.get('duration_s', 0):.0f}s",
+                      str(run_dir))
+    Console(stderr=True, width=160).print(table)
+
+
+@app.command()
+@user_errors
 def resume(
     run_dir: Annotated[str, typer.Argument(help="A run folder, e.g. runs/quickstart.")],
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
