@@ -39,8 +39,13 @@ while fds:
 
 
 def engine_command() -> list[str]:
-    """The engine command as argv: `$FBT_ENGINE` split like a shell would, or `fbt-engine`."""
-    return shlex.split(os.environ.get(ENGINE_ENV, "").strip() or "fbt-engine")
+    """The engine command as argv: `$FBT_ENGINE` split like a shell would, else the `fbt-engine`
+    installed beside this interpreter (works from an unactivated venv), else `fbt-engine` on PATH."""
+    override = os.environ.get(ENGINE_ENV, "").strip()
+    if override:
+        return shlex.split(override)
+    beside = Path(sys.executable).with_name("fbt-engine")
+    return [str(beside)] if beside.is_file() else ["fbt-engine"]
 
 
 class EngineError(Exception):
