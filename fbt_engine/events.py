@@ -123,10 +123,11 @@ class Emitter:
         if self._file is not None:
             self._file.write(line)
             self._file.flush()
-        if self._stream is not None:
+        stream = self._stream  # a signal handler may detach it between the two calls
+        if stream is not None:
             try:
-                self._stream.write(line)
-                self._stream.flush()
+                stream.write(line)
+                stream.flush()
             except (BrokenPipeError, OSError, ValueError):
                 self._stream = None  # the reader went away: the run goes on, events.jsonl has everything
         for listener in self.listeners:

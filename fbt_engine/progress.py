@@ -43,9 +43,10 @@ class Reporter:
             self.log.flush()
         if self.detached:
             return
+        progress = self.progress  # a SIGHUP handler may detach it meanwhile
         try:
-            if self.progress is not None:
-                self.progress.console.print(text, markup=False, highlight=False)
+            if progress is not None:
+                progress.console.print(text, markup=False, highlight=False)
             else:
                 self.stream.write(text + "\n")
                 self.stream.flush()
@@ -88,9 +89,10 @@ class Reporter:
     def _on_step(self, e: Event) -> None:
         info = (f"epoch {e.get('epoch')} loss {e.get('loss', 0):.4f} lr {e.get('lr', 0):.2e} "
                 f"{e.get('samples_per_s', 0):.0f} img/s")
-        if self.progress is not None and self.task is not None and not self.detached:
+        progress = self.progress
+        if progress is not None and self.task is not None and not self.detached:
             done = (e.get("epoch", 1) - 1) * e.get("steps_per_epoch", 0) + e.get("epoch_step", 0)
-            self.progress.update(self.task, completed=done, info=info)
+            progress.update(self.task, completed=done, info=info)
             if self.log is not None:
                 self.log.write(f"[{self.run}] {e.get('phase')} step {e.get('step')} {info}\n")
             return
