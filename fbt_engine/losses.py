@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,6 +29,10 @@ from torch import Tensor, nn
 
 from .config import PATHS, LossConfig
 from .errors import ConfigError
+
+# The autograd-aware all_gather is marked deprecated in torch 2.x in favour of a private API; it
+# is the public way to keep gradients through the gather, so keep using it quietly.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_gather is deprecated")
 
 __all__ = [
     "ce_loss", "kd_loss", "ofa_loss", "hard_labels", "InfoNCE", "Outputs", "Objective",

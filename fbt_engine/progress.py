@@ -22,13 +22,14 @@ def _eta(seconds: float) -> str:
 
 
 class Reporter:
-    def __init__(self, run: str, log: IO[str] | None = None, stream: IO[str] | None = None) -> None:
+    def __init__(self, run: str, log: IO[str] | None = None, stream: IO[str] | None = None,
+                 quiet: bool = False) -> None:
         self.run, self.log = run, log
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.tty = self.stream.isatty() and not quiet
         self.progress = None
         self.task = None
-        self.detached = False
+        self.detached = quiet  # non-zero ranks under torchrun say nothing
         if self.tty:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn

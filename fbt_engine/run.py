@@ -74,7 +74,7 @@ class Run:
         self.rt = self._runtime()
         is_main = self.rt.rank == 0
         self.log = open(run_dir / "log.txt", "a", encoding="utf-8") if is_main else None
-        self.reporter = Reporter(cfg.name, log=self.log)
+        self.reporter = Reporter(cfg.name, log=self.log, quiet=not is_main)
         self.stop.on_request = lambda: self.reporter.note("stop requested: finishing this step and saving a "
                                                           "checkpoint (Ctrl-C again aborts at once)")
         self.stop.on_hangup = self._hangup
@@ -214,7 +214,7 @@ class Run:
                 return teacher, "pretrained"
             load_weights(teacher, path, "teacher")  # raises the clear missing-file error
         outcome = self._train_teacher(teacher)
-        if outcome == "completed":
+        if outcome == "completed" and self.rt.rank == 0:  # other ranks hold the same weights in memory
             save_weights(teacher, path)
             self.reporter.note(f"teacher saved to {path}")
         return teacher, outcome
@@ -288,11 +288,29 @@ def start(cfg: C.RunConfig, name: str | None = None, runs_dir: str | None = None
           stop_when: Callable[[Any], bool] | None = None) -> tuple[int, Path]:
     """Create a fresh run folder for `cfg` and run it."""
     cfg = C.replace(cfg, name=name or cfg.name, runs_dir=runs_dir or cfg.runs_dir)
+    run_dir = _main_rank_decides(lambda: _new_run_dir(cfg))
+    cfg = C.replace(cfg, name=run_dir.name)
+    return Run(cfg, run_dir, jsonl, stop_when=stop_when).execute(), run_dir
+
+
+def _new_run_dir(cfg: C.RunConfig) -> Path:
     run_dir = unique_run_dir(Path(cfg.runs_dir), cfg.name)
     run_dir.mkdir(parents=True)
-    cfg = C.replace(cfg, name=run_dir.name)
-    (run_dir / "config.toml").write_text(C.dumps(cfg), encoding="utf-8")
-    return Run(cfg, run_dir, jsonl, stop_when=stop_when).execute(), run_dir
+    (run_dir / "config.toml").write_text(C.dumps(C.replace(cfg, name=run_dir.name)), encoding="utf-8")
+    return run_dir
+
+
+def _main_rank_decides(fn: Callable[[], Any]) -> Any:
+    """Under torchrun, rank 0 runs `fn` (e.g. creates the run folder) and every rank gets its result."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return fn()
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    box = [fn() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], bool] | None = None) -> int:

@@ -113,3 +113,17 @@ def test_validate_and_help():
     res = subprocess.run([*ENGINE, "--help"], capture_output=True, text=True)
     for cmd in ("models", "fuse", "run", "resume", "eval", "validate"):
         assert cmd in res.stdout
+
+
+def test_torchrun_two_processes_share_one_run_folder(tmp_path):
+    """DDP on CPU (gloo): one run folder, one event stream, world size 2, InfoNCE gathers across ranks."""
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "fbt_engine.cli", "run", str(TINY), "--runs-dir", str(tmp_path), "--set", "train.epochs=1"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
+    events = [json.loads(line) for line in (tmp_path / "tiny" / "events.jsonl").read_text().splitlines()]
+    started = [e for e in events if e["type"] == "started"]
+    assert all(e["world_size"] == 2 for e in started)
+    assert [e["type"] for e in events].count("finished") == 1 and events[-1]["reason"] == "completed"
+    assert events[-1]["student_path"] and (tmp_path / "tiny" / "student.safetensors").is_file()
