@@ -29,7 +29,7 @@ def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     from .checkpoint import load, load_weights
     from .data import build_loaders
     from .task import create_student
-    from .trainer import Runtime, evaluate
+    from .trainer import Runtime, StudentView, evaluate
     run_dir, weights = _locate(Path(target))
     if not (run_dir / "config.toml").is_file():
         raise TrainingError(f"no config.toml next to {str(weights)!r}", "give a file inside a run folder")
@@ -47,12 +47,6 @@ def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
         load_weights(student, weights, "student")
     rt = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), amp_dtype=None,
                  scaler=False, channels_last=False)
-
-    class _View(torch.nn.Module):
-        def __init__(self, m: torch.nn.Module) -> None:
-            super().__init__()
-            self.student = m
-
-    m = evaluate(_View(student).to(rt.device), val_loader, rt, with_teacher=False)
+    m = evaluate(StudentView(student).to(rt.device), val_loader, rt, with_teacher=False)
     return {"run": str(run_dir), "weights": str(weights), "student": cfg.student.model, "dataset": info.name,
             "images": info.val_size, "top1": m["top1"], "top5": m["top5"]}

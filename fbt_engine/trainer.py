@@ -333,7 +333,7 @@ class Loop:
         m = evaluate(self.module, self.phase.val_loader, self.rt, with_teacher=st.teacher_top1 is None)
         if m["teacher_top1"] is not None:
             st.teacher_top1 = m["teacher_top1"]
-        ema_top1 = evaluate(_EmaView(self.ema.module), self.phase.val_loader, self.rt, False)["top1"] \
+        ema_top1 = evaluate(StudentView(self.ema.module), self.phase.val_loader, self.rt, False)["top1"] \
             if self.ema is not None else None
         result = {"epoch": epoch, "student_top1": m["top1"], "student_top5": m["top5"],
                   "fused_top1": m["fused_top1"], "teacher_top1": st.teacher_top1, "ema_top1": ema_top1}
@@ -348,8 +348,8 @@ class Loop:
         self.emitter.emit("checkpoint", phase=self.phase.name, path=path, epoch=epoch, best=is_best)
 
 
-class _EmaView(nn.Module):
-    """Lets `evaluate` score the EMA copy of the student."""
+class StudentView(nn.Module):
+    """Lets `evaluate` score a bare model (the EMA copy, an exported student) as `module.student`."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
