@@ -174,6 +174,7 @@ class Run:
     def _execute(self) -> int:
         from .data import build_loaders, build_mixup
         cfg, rt = self.cfg, self.rt
+        self._check_teacher_source()  # fail before the (possibly slow) data set-up
         train_loader, val_loader, info = build_loaders(cfg.data, cfg.aug, cfg.train.batch_size, cfg.seed,
                                                        distributed=rt.distributed, device_type=rt.device.type)
         self.loaders = (train_loader, val_loader, build_mixup(cfg.aug, info.num_classes))
@@ -195,6 +196,16 @@ class Run:
     def teacher_path(self) -> Path:
         t = self.cfg.teacher
         return Path(t.checkpoint) if t.checkpoint else self.dir / "teacher.safetensors"
+
+    def _check_teacher_source(self) -> None:
+        t = self.cfg.teacher
+        if self.cfg.method == "scratch" or t.train is not None or self.teacher_path().is_file():
+            return
+        if t.pretrained and not t.checkpoint:
+            return
+        raise TrainingError(f"teacher checkpoint {str(self.teacher_path())!r} does not exist",
+                            "give the path of a teacher trained on this dataset, add a [teacher.train] section to "
+                            "train it in this run, or set teacher.pretrained = true (needs internet)")
 
     def _teacher(self, num_classes: int):
         """The frozen teacher: loaded from a file, from the hub, or trained here first."""
