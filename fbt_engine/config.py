@@ -94,6 +94,7 @@ class TrainConfig:
     log_every: int = 10  # steps between `step` events
     eval_every: int = 1  # epochs between evaluations
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # CPU threads for torch (0: torch's default); 1 is fastest on a busy shared CPU
     max_steps_per_epoch: int = 0  # 0: full epoch (useful for smoke tests and benchmarks)
 
 
@@ -241,6 +242,7 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     for key in ("epochs", "batch_size", "log_every", "eval_every"):
         _positive(getattr(cfg.train, key), f"train.{key}", source)
     _positive(cfg.train.lr, "train.lr", source)
+    _positive(cfg.train.threads, "train.threads", source, allow_zero=True)
     _positive(cfg.data.img_size, "data.img_size", source)
     if cfg.data.img_size < 8:
         raise ConfigError(f"`data.img_size` in {source} is {cfg.data.img_size}, too small for any model",

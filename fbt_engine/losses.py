@@ -206,7 +206,10 @@ class Objective(nn.Module):
                 continue  # a zero weight removes the term: no compute, no log, no unused params
             value = value_fn()
             logged[name] = value.detach()
-            total = weight * value if total is None else total + weight * value
+            # `1.0 * v` next to `v.detach()` loses its grad_fn under torch.compile (torch 2.14.1,
+            # seen with the scratch objective): skip the multiplication when it changes nothing.
+            weighted = value if weight == 1.0 else weight * value
+            total = weighted if total is None else total + weighted
         if total is None:
             total = out.student_logits.sum() * 0.0  # keeps the graph valid when every weight is 0
         return total, logged

@@ -100,6 +100,8 @@ class Run:
                 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
             rank, world = dist.get_rank(), dist.get_world_size()
         device = self._device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
+        if tc.threads > 0:
+            torch.set_num_threads(tc.threads)
         torch.manual_seed(self.cfg.seed + rank)
         random.seed(self.cfg.seed + rank)
         np.random.seed(self.cfg.seed + rank)
