@@ -59,12 +59,12 @@ def opt(args: list[str], name: str, default: str) -> str:
 
 def stages(name: str, img: int) -> list[dict]:
     cnn = KIND.get(name, "cnn") in ("cnn", "hybrid")
-    chans = [64, 128, 256, 512] if cnn else [96, 192, 384, 768]
+    chans = [64, 64, 128, 256, 512] if cnn else [96, 96, 192, 384, 768]
     out = []
-    for i, c in enumerate(chans):
-        g = max(1, img // (4 * 2 ** i))
+    for i, c in enumerate(chans):  # stem, stage1..stage4 as the real engine reports them
+        g = max(1, img // (4 * 2 ** max(0, i - 1)))
         shape = [c, g, g] if cnn else [g, g, c]
-        out.append({"name": "stem" if i == 0 else f"stage{i + 1}", "layout": "nchw" if cnn else "nhwc",
+        out.append({"name": "stem" if i == 0 else f"stage{i}", "layout": "nchw" if cnn else "nhwc",
                     "shape": shape})
     return out
 
@@ -81,7 +81,7 @@ def fuse(args: list[str]) -> dict:
     order, depth = opt(args, "--order", "auto"), int(opt(args, "--depth", "3"))
     local, glob = (teacher, student) if order == "teacher-first" else (student, teacher)
     chain = (f"{local} stem..stage{split} > L2G (conv1x1 256->384, attention) > "
-             f"{glob} stage{split + 1}..stage4 > head")
+             f"{glob} stage{split + 1}{'' if split == 3 else '..stage4'} > head")
     summary = "\n".join([f"FusedModel ({local} + {glob}, img {img})"] + [
         f"{'  ' * d}├─Block{d}-{i}: {d}-{i} [1, 256, 14, 14]  {1000 * (d + i)}"
         for d in range(1, depth + 1) for i in range(1, 4)])
