@@ -98,18 +98,26 @@ class CatalogScreen(FbtScreen):
 
     @work(exclusive=True, group="catalog")
     async def load_catalog(self) -> None:
+        """Names at once (`--no-counts`); on a first run the engine then counts parameters (a few
+        minutes, cached afterwards) and the table fills them in when that answer arrives."""
         try:
-            models = await run_json(["models", "--json"])
+            models = await run_json(["models", "--json", "--no-counts"])
+            models = models if isinstance(models, list) else []
+            self.post_message(CatalogLoaded(models))
+            if any(m.get("params") is None for m in models if isinstance(m, dict)):
+                counted = await run_json(["models", "--json"])
+                if isinstance(counted, list):
+                    self.post_message(CatalogLoaded(counted))
         except EngineError as err:
             self.post_message(EngineFailed("catalog", err.message, err.hint))
-            return
-        self.post_message(CatalogLoaded(models if isinstance(models, list) else []))
 
     def on_catalog_loaded(self, message: CatalogLoaded) -> None:
+        first = not self.models
         self.models = message.models
         self.query_one("#models", DataTable).loading = False
         self.refilter()
-        self.query_one("#models", DataTable).focus()
+        if first:  # a later answer (parameter counts filled in) must not steal focus from typing
+            self.query_one("#models", DataTable).focus()
 
     def on_engine_failed(self, message: EngineFailed) -> None:
         self.query_one("#models", DataTable).loading = False

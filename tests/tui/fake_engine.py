@@ -216,8 +216,12 @@ def main(argv: list[str]) -> None:
     if not argv:
         fail("no command given", "use models, fuse, run, resume or validate")
     cmd, args = argv[0], argv[1:]
+    if os.environ.get("FBT_FAKE_CALLS"):  # tests read which commands the TUI asked for
+        with open(os.environ["FBT_FAKE_CALLS"], "a", encoding="utf-8") as fh:
+            fh.write(" ".join(argv) + "\n")
     if cmd == "models":
-        print(json.dumps(models_json()))
+        counted = "--no-counts" not in args  # like the engine: counts only when asked to compute them
+        print(json.dumps([{**m, "params": m["params"] if counted else None} for m in models_json()]))
     elif cmd == "fuse":
         print(json.dumps(fuse(args)))
     elif cmd == "run":

@@ -28,6 +28,19 @@ async def test_catalog_loads_from_engine(fake_engine, workdir) -> None:
         assert "13 of 13 models" in str(app.screen.query_one("#catalog-count", Static).render())
 
 
+async def test_names_first_then_parameter_counts(fake_engine, workdir, monkeypatch) -> None:
+    """A first start lists names at once (`--no-counts`), then fills counts from a second call."""
+    calls = workdir / "calls.txt"
+    monkeypatch.setenv("FBT_FAKE_CALLS", str(calls))
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        table = app.screen.query_one("#models", DataTable)
+        await wait_for(pilot, lambda: "11.7M" in [str(c) for c in table.get_row("resnet18")], what="counts")
+    lines = calls.read_text().splitlines()
+    assert lines[:2] == ["models --json --no-counts", "models --json"]
+
+
 async def test_search_filters_per_keystroke(fake_engine, workdir) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
