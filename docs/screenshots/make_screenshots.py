@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests" / "tui"))
 
-from tui_helpers import FAKE_ENGINE, QUICK_PRESET, make_app, wait_for, write_run  # noqa: E402
+from tui_helpers import FAKE_ENGINE, catalog_ready, QUICK_PRESET, make_app, wait_for, write_run  # noqa: E402
 
 SIZE = (120, 40)
 
@@ -32,7 +32,7 @@ async def shoot(name: str, app, steps) -> None:  # type: ignore[no-untyped-def]
 
 
 async def catalog(pilot) -> None:  # type: ignore[no-untyped-def]
-    await wait_for(pilot, lambda: pilot.app.screen.query_one("#models").row_count > 0, timeout=600)
+    await wait_for(pilot, lambda: catalog_ready(pilot.app), timeout=600)
     await pilot.press("slash", *"res", "enter")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Select, Static
 
-from tui_helpers import SIZE, make_app, wait_for
+from tui_helpers import SIZE, catalog_ready, make_app, wait_for
 
 pytestmark = pytest.mark.asyncio
 
@@ -16,7 +16,8 @@ def names(app) -> list[str]:  # type: ignore[no-untyped-def]
 
 
 async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
-    await wait_for(pilot, lambda: pilot.app.screen.query_one("#models", DataTable).row_count > 0, what="catalog")
+    """Both answers are in: the names (`--no-counts`) and then the parameter counts."""
+    await wait_for(pilot, lambda: catalog_ready(pilot.app), what="catalog with counts")
 
 
 async def test_catalog_loads_from_engine(fake_engine, workdir) -> None:

@@ -9,12 +9,12 @@ from textual.widgets import DataTable
 
 from fbt_tui.messages import OpenRun
 from fbt_tui.runs import summarize
-from tui_helpers import SIZE, make_app, wait_for
+from tui_helpers import SIZE, catalog_ready, make_app, wait_for
 
 
 def test_catalog_screen(snap_compare, fake_engine, workdir) -> None:
     async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
-        await wait_for(pilot, lambda: pilot.app.screen.query_one("#models", DataTable).row_count > 0)
+        await wait_for(pilot, lambda: catalog_ready(pilot.app))
         await pilot.press("down", "down")
         await pilot.pause(0.3)  # let the loading overlay go
 

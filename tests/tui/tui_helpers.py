@@ -88,3 +88,9 @@ def kill_leftovers(app) -> None:  # type: ignore[no-untyped-def]
             pass
 
 
+
+
+def catalog_ready(app) -> bool:  # type: ignore[no-untyped-def]
+    """The catalog holds both engine answers: names (`--no-counts`) and then parameter counts."""
+    table = app.screen.query_one("#models")
+    return "resnet18" in table.rows and any("M" in str(c) for c in table.get_row("resnet18")[3:4])
