@@ -29,7 +29,7 @@ async def test_quit_without_run_just_quits(fake_engine, workdir) -> None:
 
 
 async def test_leave_running_keeps_the_child(fake_engine, workdir, monkeypatch) -> None:
-    monkeypatch.setenv("FBT_FAKE_DELAY", "0.1")
+    monkeypatch.setenv("FBT_FAKE_DELAY", "0.5")  # long enough to outlive the TUI on a loaded machine
     app = make_app()
     proc = None
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from fbt_engine.events import Event, LogLine, decode
@@ -73,6 +74,10 @@ def test_engine_command_from_env(monkeypatch) -> None:
     monkeypatch.setenv("FBT_ENGINE", "python 'my engine.py'")
     assert engine_command() == ["python", "my engine.py"]
     monkeypatch.delenv("FBT_ENGINE")
+    # the engine installed beside this interpreter (an unactivated venv), else whatever PATH finds
+    beside = Path(sys.executable).with_name("fbt-engine")
+    assert engine_command() == ([str(beside)] if beside.is_file() else ["fbt-engine"])
+    monkeypatch.setattr(sys, "executable", "/nowhere/bin/python")
     assert engine_command() == ["fbt-engine"]
 
 
