@@ -6,7 +6,6 @@ each: F starts from L's stage-`split` activation that L's own forward already pr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -125,7 +125,7 @@ class RunState:
             y = as_float(ev.get(f"{key}_top1"))
             if y is None:
                 continue
-            series = f"teacher training" if teacher_phase and key == "teacher" else key
+            series = "teacher training" if teacher_phase and key == "teacher" else key
             xs, ys = self.accs.setdefault(series, ([], []))
             xs.append(epoch)
             ys.append(y)

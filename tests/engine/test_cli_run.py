@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny.toml"
 ENGINE = [sys.executable, "-m", "fbt_engine.cli"]

@@ -110,7 +110,7 @@ async def test_attach_notices_a_dead_process(fake_engine, workdir) -> None:
     write_run(workdir / "runs", "ghost", "fbt", "none", pid=os.getpid())
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
-        screen = await runs_screen(pilot)
+        await runs_screen(pilot)
         await pilot.press("a")
         await wait_for(pilot, lambda: app.session is not None and app.session.state.step == 12, what="tail")
         from fbt_tui import engine_client

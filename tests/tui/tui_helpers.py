@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
 
 HERE = Path(__file__).parent
 FAKE_ENGINE = HERE / "fake_engine.py"
