@@ -222,10 +222,8 @@ class Run:
         if path.is_file() and not resuming_teacher:
             load_weights(teacher, path, "teacher")
             return teacher, "loaded"
-        if cfg.teacher.train is None:
-            if cfg.teacher.pretrained and not cfg.teacher.checkpoint:
-                return teacher, "pretrained"
-            load_weights(teacher, path, "teacher")  # raises the clear missing-file error
+        if cfg.teacher.train is None:  # _check_teacher_source ruled out a missing file
+            return teacher, "pretrained"
         outcome = self._train_teacher(teacher)
         if outcome == "completed" and self.rt.rank == 0:  # other ranks hold the same weights in memory
             save_weights(teacher, path)

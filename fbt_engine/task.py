@@ -118,6 +118,25 @@ class DistillModule(nn.Module):
         return Outputs(student_logits=s_logits, student_feat=s_feat, teacher_logits=t_logits, teacher_feat=t_feat,
                        fused_logits=f_logits, fused_feat=f_feat, target=target)
 
+    def eval_logits(self, x: torch.Tensor, with_teacher: bool) -> dict[str, torch.Tensor]:
+        """Student, fused (fbt) and optionally teacher logits, running each model's stages once:
+        F starts from L's stage-`split` activation, as in the training step."""
+        if self.fused is None:
+            out = {"student": self.student(x)}
+            if with_teacher and self.teacher is not None:
+                out["teacher"] = self.teacher(x)
+            return out
+        plan = self.fused.plan
+        s_outs = self.s.forward_stages(x)
+        t_outs = None
+        if with_teacher or plan.local == "teacher":
+            t_outs = self.t.forward_stages(x, upto=4 if with_teacher else plan.split)
+        x_split = (s_outs if plan.local == "student" else t_outs)[plan.split - 1]
+        out = {"student": self.s.head(s_outs[-1]), "fused": self.fused.forward_from(x_split)[0]}
+        if with_teacher:
+            out["teacher"] = self.t.head(t_outs[-1])
+        return out
+
     def params(self) -> dict[str, int]:
         """Parameter counts for the `started` event."""
         if self.fused is not None:

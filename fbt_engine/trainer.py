@@ -60,7 +60,8 @@ class NonFiniteWatch:
         self.bad_terms: torch.Tensor | None = None
         self.names: list[str] = []
 
-    def update(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+    def update(self, step: int, total: torch.Tensor, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Record this step; returns [total, *terms] as one device tensor (reused for logging)."""
         values = torch.stack([total.detach().float()] + [v.float() for v in terms.values()])
         bad = ~torch.isfinite(values[0])
         if self.first_bad is None:
@@ -70,6 +71,7 @@ class NonFiniteWatch:
         fresh = bad & (self.first_bad < 0)
         self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
         self.bad_terms = torch.where(fresh, values, self.bad_terms)
+        return values
 
     def check(self) -> tuple[int, str] | None:
         """(step, term) of the first non-finite loss, or None. Reads from the device."""
@@ -123,13 +125,14 @@ def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) ->
     for x, y in loader:
         x, y = _to_device(x, y, rt)
         with rt.autocast():
-            s1, s5 = accuracy_counts(module.student(x), y)
+            logits = _eval_logits(module, x, teacher is not None)
+            s1, s5 = accuracy_counts(logits["student"], y)
             sums[0] += s1
             sums[1] += s5
-            if fused is not None:
-                sums[2] += accuracy_counts(fused(x), y)[0]
-            if teacher is not None:
-                sums[3] += accuracy_counts(teacher(x), y)[0]
+            if "fused" in logits:
+                sums[2] += accuracy_counts(logits["fused"], y)[0]
+            if "teacher" in logits:
+                sums[3] += accuracy_counts(logits["teacher"], y)[0]
         sums[4] += y.shape[0]
     if rt.distributed:
         torch.distributed.all_reduce(sums)
@@ -137,6 +140,16 @@ def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) ->
     s = (sums[:4] / sums[4].clamp(min=1) * 100).tolist()
     return {"top1": s[0], "top5": s[1], "fused_top1": s[2] if fused is not None else None,
             "teacher_top1": s[3] if teacher is not None else None}
+
+
+def _eval_logits(module: nn.Module, x: torch.Tensor, with_teacher: bool) -> dict[str, torch.Tensor]:
+    """Logits per model; a DistillModule shares activations between S, T and F (see eval_logits)."""
+    if hasattr(module, "eval_logits"):
+        return module.eval_logits(x, with_teacher)
+    out = {"student": module.student(x)}
+    if with_teacher and getattr(module, "teacher", None) is not None:
+        out["teacher"] = module.teacher(x)
+    return out
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,19 +321,19 @@ class Loop:
             self.scheduler.step_update(self.state.step)
         if self.ema is not None:
             self.ema.update(self.module.student, step=self.state.step)
-        self.watch.update(self.state.step, total, terms)
-        self._last = (total, terms)  # device tensors: read only when a step event is emitted
+        values = self.watch.update(self.state.step, total, terms)
+        self._last = (list(terms), values)  # device tensor: read only when a step event is emitted
         return x.shape[0] * self.rt.world_size
 
     def emit_step(self, epoch: int, samples_per_s: float) -> None:
-        total, terms = self._last
-        values = torch.stack([total.detach().float()] + [v.float() for v in terms.values()]).tolist()
+        names, stacked = self._last
+        values = stacked.tolist()
         left = (self.phase.tc.epochs - epoch + 1) * self.steps_per_epoch - self.state.epoch_step
         step_time = self.phase.train_loader.batch_size * self.rt.world_size / max(samples_per_s, 1e-9)
         self.emitter.emit("step", phase=self.phase.name, epoch=epoch, step=self.state.step,
                           epoch_step=self.state.epoch_step, steps_per_epoch=self.steps_per_epoch,
                           lr=self._lr, loss=values[0],
-                          terms=dict(zip(terms, values[1:])), samples_per_s=round(samples_per_s, 2),
+                          terms=dict(zip(names, values[1:])), samples_per_s=round(samples_per_s, 2),
                           eta_s=round(left * step_time, 1))
 
     def _raise_if_nonfinite(self) -> None:
