@@ -227,12 +227,18 @@ def _download_torchvision(cls_name: str, root: Path, **kw: Any) -> None:
                         "check the network, or fetch the files yourself and set data.root") from None
 
 
+def _root_after_download(data: DataConfig, cls_name: str) -> str:
+    """data.root (or the download cache when downloading), after torchvision fetched `cls_name` if asked."""
+    root = data.root or (str(DOWNLOAD_DIR) if data.download else "")
+    if data.download:
+        _download_torchvision(cls_name, Path(root).expanduser())
+    return root
+
+
 @register_dataset("fashion_mnist")
 def build_fashion_mnist(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     """Fashion-MNIST from idx files: 60,000 train and 10,000 test 28x28 grey images."""
-    root = data.root or (str(DOWNLOAD_DIR) if data.download else "")
-    if data.download:
-        _download_torchvision("FashionMNIST", Path(root).expanduser())
+    root = _root_after_download(data, "FashionMNIST")
     folders = fashion_folders(root)
     files = next((f for f in map(_find_idx, folders) if f), None)
     if files is None:
@@ -272,9 +278,7 @@ def _cifar_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 @register_dataset("cifar100")
 def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     """CIFAR-100 from the standard python folder (train, test, meta pickles)."""
-    root = data.root or (str(DOWNLOAD_DIR) if data.download else "")
-    if data.download:
-        _download_torchvision("CIFAR100", Path(root).expanduser())
+    root = _root_after_download(data, "CIFAR100")
     folders = cifar100_folders(root)
     folder = next((f for f in folders if all((f / n).is_file() for n in ("train", "test", "meta"))), None)
     if folder is None:
