@@ -1,36 +1,141 @@
-"""Self-describing checkpoints, written atomically (temporary file + rename: a kill never tears one)."""
+"""Checkpoints and weight files: written atomically, read without ever running code.
+
+Writes: the bytes are serialised in memory, written to `.<name>.tmp`, fsynced and renamed over the
+target, so a kill leaves either the old file or the new one, never a torn one; a failed write
+(disk full, no permission) removes the temporary file and raises a `WriteError` that names the
+file, while the previous version stays intact.
+
+Reads: run checkpoints and weights load with `weights_only=True` (tensors, numbers, strings and
+containers only: a crafted pickle is refused, never executed); a damaged file raises
+`DamagedFile` naming it, so callers can fall back to another checkpoint.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
+import pickle
 import random
-import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .errors import TrainingError
+from . import faults
+from .errors import FBTError, TrainingError
+
+
+class WriteError(FBTError):
+    """A file could not be written (disk full, permissions); the previous version is intact."""
+
+    kind = "write_error"
+
+
+class DamagedFile(FBTError):
+    """A checkpoint or weight file is truncated, corrupt, or holds something other than weights."""
+
+    kind = "damaged_file"
+
+
+class NonFiniteWeights(FBTError):
+    """Refused to save weights holding NaN/inf."""
+
+    kind = "nan_weights"
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+def _file_mode() -> int:
+    """0o666 minus the umask: what `open()` would give (mkstemp-style 0o600 hides runs from colleagues)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _write_error(path: Path, exc: OSError, size: int) -> WriteError:
+    where = path.parent
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(f"the disk is full: could not write {str(path)!r} ({size / 2**20:.1f} MiB)",
+                          f"free space under {str(where)!r}; the previous version of {path.name} is intact, so the "
+                          "run can be resumed once there is room")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return WriteError(f"no permission to write {str(path)!r} ({exc.strerror})",
+                          f"make {str(where)!r} writable, or choose another folder (--runs-dir, teacher.checkpoint)")
+    return WriteError(f"could not write {str(path)!r}: {exc.strerror or exc}",
+                      f"check the folder {str(where)!r} (it must be a writable directory)")
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write `data` to `path` via a temporary file + fsync + rename; never leaves a `.tmp` behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _file_mode())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        faults.point(f"write:{path.name}")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, exc, len(data)) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    faults.point(f"saved:{path.name}")
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save `obj` to `path` atomically (see write_bytes_atomic)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(buf.getbuffer().tobytes(), path)
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    write_bytes_atomic(Path(src).read_bytes(), dst)
 
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN/inf (one device sync for all of them)."""
+    names = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    flags = torch.stack([torch.isfinite(tensors[k]).all().to("cpu", non_blocking=False) for k in names])
+    return [k for k, ok in zip(names, flags.tolist()) if not ok]
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") -> None:
+    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads).
+
+    Refuses weights holding NaN/inf: a diverged model is never exported.
+    """
+    from safetensors.torch import save
+    sd = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(sd)
+    if bad:
+        raise NonFiniteWeights(f"the {what} weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); "
+                               f"{Path(path).name} was not written",
+                               "lower the learning rate or enable train.grad_clip; the last good checkpoint is kept")
+    write_bytes_atomic(save(sd), path)
+
+
+# --- RNG state (plain tensors and ints, so checkpoints load with weights_only=True) -----------
 
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     if generator is not None:
@@ -39,8 +144,9 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -48,16 +154,80 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         generator.set_state(state["loader"])
 
 
+def _as_tuple(value: Any) -> Any:
+    """random.setstate wants tuples all the way down (a list may come back from some loaders)."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def _safe_torch_load(path: Path, what: str) -> Any:
+    """torch.load with weights_only=True; every failure becomes a DamagedFile naming the file."""
+    if path.stat().st_size == 0:
+        raise DamagedFile(f"{what} {str(path)!r} is empty (0 bytes)", _damaged_hint(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only" in str(exc):
+            raise DamagedFile(f"{what} {str(path)!r} holds Python objects other than weights, which could run code "
+                              "when loaded; it was refused",
+                              "only load files you trust as weights: re-export it as .safetensors or as a plain "
+                              "state_dict of tensors") from None
+        raise DamagedFile(f"{what} {str(path)!r} is damaged ({_first_line(exc)})", _damaged_hint(path)) from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as exc:
+        raise DamagedFile(f"{what} {str(path)!r} is damaged or not a PyTorch file ({_first_line(exc)})",
+                          _damaged_hint(path)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _damaged_hint(path: Path) -> str:
+    return f"the file is truncated or corrupt: copy it again, or delete {path.name} to use another checkpoint"
+
+
+CHECKPOINT_KEYS = ("phase", "state", "module", "optimizer", "rng", "config_hash")
+
+
 def load(path: str | Path) -> dict[str, Any]:
-    """Load one of our own checkpoints (it holds numpy RNG state, so not weights_only)."""
+    """Load one of our own run checkpoints (weights-only: a crafted file never runs code)."""
     path = Path(path)
     if not path.is_file():
         raise TrainingError(f"checkpoint {str(path)!r} does not exist",
                             "give a run folder that has checkpoints/last.pt (runs are under runs/)")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = _safe_torch_load(path, "checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise DamagedFile(f"checkpoint {str(path)!r} is not an fbt-engine run checkpoint (no {', '.join(missing)})",
+                          _damaged_hint(path))
+    return ckpt
 
 
-def _unwrap(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+def load_first(paths: list[Path], note: Callable[[str], None] | None = None) -> tuple[Path | None, dict | None]:
+    """The first of `paths` that exists and loads; damaged ones are skipped with a note.
+
+    Raises the last DamagedFile when files exist but none loads.
+    """
+    error: DamagedFile | None = None
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            return path, load(path)
+        except DamagedFile as exc:
+            error = exc
+            if note:
+                note(f"{exc.message}; trying the next checkpoint")
+    if error is not None:
+        raise error
+    return None, None
+
+
+def _unwrap(sd: Any) -> dict[str, torch.Tensor]:
+    if not isinstance(sd, dict):
+        return {}
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "student"):
         if key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -66,24 +236,47 @@ def _unwrap(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
             if isinstance(v, torch.Tensor)}
 
 
+def read_state_dict(path: str | Path, what: str = "teacher") -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or .pth/.pt/.bin file (weights-only), unwrapped from common wrappers."""
+    path = Path(path)
+    if path.is_dir():
+        raise TrainingError(f"{what} checkpoint {str(path)!r} is a directory, not a weights file",
+                            f"give the path of a .safetensors or .pth file for {what}.checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise DamagedFile(f"{what} checkpoint {str(path)!r} is damaged or not a safetensors file "
+                              f"({_first_line(exc)})", _damaged_hint(path)) from None
+    else:
+        sd = _safe_torch_load(path, f"{what} checkpoint")
+    tensors = _unwrap(sd)
+    if not tensors:
+        raise DamagedFile(f"{what} checkpoint {str(path)!r} holds no tensors",
+                          "give a file that holds the model's state_dict")
+    return tensors
+
+
 def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher") -> None:
     """Load a .safetensors, or a .pth/.pt with weights_only=True, strictly into `model`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TrainingError(f"{what} checkpoint {str(path)!r} does not exist",
                             f"give the path of a {what} trained on this dataset, add a [{what}.train] section "
                             "to train it in this run, or set pretrained = true (needs internet)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        sd = load_file(str(path))
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = _unwrap(sd)
+    sd = read_state_dict(path, what)
+    bad = nonfinite_tensors(sd)
+    if bad:
+        raise DamagedFile(f"{what} checkpoint {str(path)!r} holds NaN/inf in {len(bad)} tensors (e.g. {bad[0]})",
+                          f"it comes from a diverged run: use another {what} checkpoint")
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatch: another model, img_size or num_classes
+        lines = str(exc).splitlines()
         raise TrainingError(f"{what} checkpoint {str(path)!r} does not fit the model: "
-                            f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}",
+                            f"{lines[1].strip() if len(lines) > 1 else exc}",
                             "it was trained with another model, img_size, kwargs or num_classes; "
                             "delete it to retrain, or point the preset at a matching file") from None
     if result.missing_keys or result.unexpected_keys:
@@ -93,12 +286,10 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher"
             "check the model name, its kwargs and num_classes against the ones the checkpoint was trained with")
 
 
-def save_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads)."""
-    from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sd = {k.removeprefix("_orig_mod."): v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(sd, str(tmp))
-    os.replace(tmp, path)
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file (the teacher's identity, recorded in distill checkpoints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]

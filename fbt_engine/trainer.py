@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from . import faults
 from .checkpoint import rng_state, set_rng_state
 from .config import TrainConfig
 from .events import Emitter
@@ -258,6 +259,7 @@ class Loop:
         tc = self.phase.tc
         self.emitter.emit("phase", phase=self.phase.name, epochs=tc.epochs, steps_per_epoch=self.steps_per_epoch,
                           start_epoch=self.state.epoch + 1)
+        faults.point(f"phase.{self.phase.name}")
         for epoch in range(self.state.epoch + 1, tc.epochs + 1):
             if self.train_epoch(epoch) == "stopped":
                 return "stopped"
@@ -323,6 +325,7 @@ class Loop:
             self.ema.update(self.module.student, step=self.state.step)
         values = self.watch.update(self.state.step, total, terms)
         self._last = (list(terms), values)  # device tensor: read only when a step event is emitted
+        faults.point(f"{self.phase.name}.step")
         return x.shape[0] * self.rt.world_size
 
     def emit_step(self, epoch: int, samples_per_s: float) -> None:
