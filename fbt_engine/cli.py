@@ -164,7 +164,7 @@ def run(
     cfg = C.load_preset(preset, set_ or [])
     _quiet_timm()
     from .run import start
-    code, _ = start(cfg, name=name, runs_dir=runs_dir, jsonl=jsonl)
+    code, _ = start(cfg, name=name, runs_dir=runs_dir, jsonl=jsonl, source=preset)
     _ignore_late_signals()
     raise typer.Exit(code)
 
@@ -246,10 +246,19 @@ def validate(
     preset: Annotated[str, typer.Argument(help="Preset TOML file.")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value.")] = None,
     show: Annotated[bool, typer.Option("--show", help="Print the fully resolved preset.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Types, names and ranges only (no torch, no models).")] = False,
 ) -> None:
-    """Check a preset (types, names, ranges) without importing torch; exit 0 when valid."""
+    """Check a preset without running it: types, ranges, then (unless --quick) everything `run` checks
+    before it starts: models and pair built on the meta device, optimizer, schedule, augmentation,
+    device, teacher/student files. Exit 0 when `run` would start; the data itself is not read."""
     from . import config as C
     cfg = C.load_preset(preset, set_ or [])
+    if not quick:
+        _quiet_timm()
+        from .preflight import check
+        for line in check(cfg, source=preset).checks:
+            typer.echo(f"ok: {line}", err=True)
+    typer.echo(f"{preset}: valid" + (" (types and ranges only)" if quick else ""), err=True)
     if show:
         sys.stdout.write(C.dumps(cfg))
 

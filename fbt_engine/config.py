@@ -6,10 +6,13 @@ the nearest valid one; wrong types name the key, the expected type and the file.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -169,9 +172,21 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     }[origin or tp](value)
     if not ok:
         raise ConfigError(
-            f"`{key}` in {source} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})",
-            f"set {key} to a {_type_name(tp)} value")
+            f"`{key}` in {source} must be {_type_name(tp)}, got {_shown(value)} ({type(value).__name__})",
+            f"set {key} to {_a(_type_name(tp))} value")
+    if origin is list and args:  # list[float] etc.: every element has the element type
+        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
     return float(value) if tp is float else value
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr of a value, cut short so a 5 MB string never becomes a 5 MB error line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str, source: str) -> Any:
@@ -221,8 +236,167 @@ def _positive(value: float, key: str, source: str, allow_zero: bool = False) -> 
                           f"set {key} to a {'non-negative' if allow_zero else 'positive'} number")
 
 
+# Numeric ranges, one row per key: (key, low, high, low included, high included, hint).
+# None: no bound on that side. Keys under teacher.train are skipped when that table is absent.
+RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
+    ("seed", 0, 2**32 - 1, True, True, "numpy and torch take seeds from 0 to 4294967295 (2**32 - 1)"),
+    ("data.img_size", 8, 2048, True, True, "images are resized to img_size x img_size: use 32 for quick runs, "
+                                           "224 for the paper's setting"),
+    ("data.num_workers", 0, 1024, True, True, "0 loads data in the training process; a few per GPU is typical"),
+    ("data.train_subset", 0, None, True, True, "0 uses every training image; N uses the first N"),
+    ("data.val_subset", 0, None, True, True, "0 uses every validation image; N uses the first N"),
+    ("data.val_fraction", 0, 1, False, False, "it is the held-out share of the digits, e.g. 0.2"),
+    ("train.batch_size", 1, 65536, True, True, "65536 images a step is a sanity cap (no GPU holds more); "
+                                               "use a smaller batch"),
+    ("train.min_lr", 0, None, True, True, "it is the floor of the learning-rate schedule, e.g. 1e-5"),
+    ("train.warmup_lr", 0, None, True, True, "it is the learning rate warm-up starts from, e.g. 1e-6"),
+    ("train.weight_decay", 0, None, True, True, "0 turns weight decay off; 0.05 is usual for AdamW"),
+    ("train.momentum", 0, None, True, True, "0.9 is usual for SGD"),
+    ("train.warmup_epochs", 0, None, True, True, "0 turns warm-up off"),
+    ("train.decay_epochs", 0, None, True, True, "the step schedule decays the learning rate every N epochs"),
+    ("train.decay_rate", 0, None, False, True, "the step schedule multiplies the learning rate by it, e.g. 0.1"),
+    ("train.grad_clip", 0, None, True, True, "0 turns gradient clipping off; 5.0 is the paper's"),
+    ("train.ema_decay", 0, 1, True, False, "0 turns model EMA off; 0.99996 is the paper's"),
+    ("train.threads", 0, 1024, True, True, "0 keeps torch's default; 1 is fastest on a busy shared CPU"),
+    ("train.max_steps_per_epoch", 0, None, True, True, "0 runs full epochs"),
+    ("aug.scale_min", 0, 1, False, True, "it is the smallest crop share; 1.0 turns random crops off"),
+    ("aug.hflip", 0, 1, True, True, "it is a probability, e.g. 0.5"),
+    ("aug.random_erasing", 0, 1, True, True, "it is a probability, e.g. 0.25"),
+    ("aug.mixup", 0, None, True, True, "it is mixup's alpha; 0 turns it off, 0.8 is the paper's"),
+    ("aug.cutmix", 0, None, True, True, "it is cutmix's alpha; 0 turns it off, 1.0 is the paper's"),
+    ("aug.label_smoothing", 0, 1, True, False, "0 turns it off; 0.1 is the paper's"),
+    ("loss.nce_dim", 1, 65536, True, True, "it is the width of the contrastive projection, e.g. 256"),
+    ("loss.nce_tau_init", 0, None, False, True, "it is the initial contrastive temperature, e.g. 0.07"),
+    ("teacher.train.epochs", 1, None, True, True, "the teacher trains for at least one epoch"),
+    ("teacher.train.lr", 0, None, False, True, "e.g. 2e-3"),
+    ("teacher.train.min_lr", 0, None, True, True, "it is the floor of the teacher's schedule, e.g. 1e-5"),
+    ("teacher.train.weight_decay", 0, None, True, True, "0 turns weight decay off"),
+    ("teacher.train.warmup_epochs", 0, None, True, True, "0 turns warm-up off"),
+    ("teacher.train.batch_size", 0, 65536, True, True, "0 uses train.batch_size; 65536 is a sanity cap"),
+)
+
+
+def _bounds_text(lo: float | None, hi: float | None, lo_in: bool, hi_in: bool) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_in else '>'} {lo}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_in else '<'} {hi}")
+    if lo_in and hi_in and lo is not None and hi is not None:
+        return f"between {lo} and {hi}"
+    return " and ".join(parts)
+
+
+def _lookup(cfg: Any, key: str) -> Any:
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+        if node is None:
+            return None
+    return node
+
+
+def _check_ranges(cfg: RunConfig, source: str) -> None:
+    for key, lo, hi, lo_in, hi_in, hint in RANGES:
+        value = _lookup(cfg, key)
+        if value is None:
+            continue
+        low_bad = lo is not None and (value < lo or (value == lo and not lo_in))
+        high_bad = hi is not None and (value > hi or (value == hi and not hi_in))
+        if low_bad or high_bad:
+            raise ConfigError(f"`{key}` in {source} must be {_bounds_text(lo, hi, lo_in, hi_in)}, "
+                              f"got {_shown(value)}", hint)
+
+
+def _walk(node: Any, prefix: str = ""):
+    """(key, value) for every leaf of a config: dataclass fields, dict (kwargs) entries, list items."""
+    if is_dataclass(node):
+        for f in fields(node):
+            yield from _walk(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, f"{prefix}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{prefix}[{i}]")
+    else:
+        yield prefix, node
+
+
+def _check_ints(cfg: RunConfig, source: str) -> None:
+    """Integers without a range of their own still fit torch's 64 bits (TOML's have no limit here)."""
+    for key, value in _walk(cfg):
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+            raise ConfigError(f"`{key}` in {source} is {_shown(value)}, which does not fit in 64 bits",
+                              f"set {key} to a sensible number")
+
+
+def _check_leaves(cfg: RunConfig, source: str) -> None:
+    """Every float finite; no string holds a NUL (no path can)."""
+    for key, value in _walk(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"`{key}` in {source} must be a finite number, got {value}",
+                              f"nan and inf are not allowed: set {key} to an ordinary number")
+        if isinstance(value, str) and "\x00" in value:
+            raise ConfigError(f"`{key}` in {source} contains a NUL character ({_shown(value)})",
+                              "remove the \\0 from the value")
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str, source: str) -> None:
+    """A run name is a plain folder name under the runs dir: it can never point elsewhere."""
+    reason = ""
+    if not isinstance(name, str) or not name:
+        reason = "it is empty"
+    elif len(name) > 100:
+        reason = f"it is {len(name)} characters long (at most 100)"
+    elif "/" in name or "\\" in name:
+        reason = "it contains a path separator"
+    elif name.startswith("."):
+        reason = "it starts with '.'"
+    elif not _NAME.fullmatch(name):
+        reason = "it holds characters other than letters, digits, '.', '_' and '-'"
+    if reason:
+        raise ConfigError(f"`name` {_shown(name)} from {source} is not a plain folder name: {reason}",
+                          "use 1 to 100 letters, digits, '.', '_' or '-' (not starting with '.'), "
+                          "e.g. quickstart-2; the run folder is made under the runs dir")
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+_DEVICE_HINTS = {"gpu": "cuda", "cuda:": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps"}
+
+
+def _check_device(device: str, source: str) -> None:
+    if _DEVICE.fullmatch(device):
+        return
+    near = _DEVICE_HINTS.get(device.lower().split(":")[0]) or \
+        (difflib.get_close_matches(device.lower(), ("auto", "cpu", "cuda", "mps"), n=1) or [""])[0]
+    hint = f"did you mean `{near}`? " if near else ""
+    raise ConfigError(f"`train.device` in {source} is {_shown(device)}, which is not a device name",
+                      f"{hint}use auto, cpu, cuda, cuda:N (N = 0, 1, ...) or mps")
+
+
+def _check_stats(cfg: RunConfig, source: str) -> None:
+    for key in ("mean", "std"):
+        values = getattr(cfg.data, key)
+        if len(values) not in (0, 1, 3):
+            raise ConfigError(f"`data.{key}` in {source} has {len(values)} numbers",
+                              "give 3 (one per RGB channel), 1 (the same for all three) or none (the "
+                              "dataset's own)")
+    bad = [v for v in cfg.data.std if v <= 0]
+    if bad:
+        raise ConfigError(f"`data.std` in {source} holds {bad[0]}, but every std must be > 0",
+                          "images are divided by std; leave it empty to use the dataset's own")
+
+
 def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     """Semantic checks that types alone cannot express. Raises ConfigError."""
+    _check_leaves(cfg, source)
+    check_name(cfg.name, source)
+    if not cfg.runs_dir.strip():
+        raise ConfigError(f"`runs_dir` in {source} is empty", "leave it out (runs/) or name a folder")
     _choice(cfg.method, METHODS, "method", source)
     _choice(cfg.data.name, DATASETS, "data.name", source)
     _choice(cfg.fusion.order, ("auto", "student-first", "teacher-first"), "fusion.order", source)
@@ -230,6 +404,7 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     _choice(cfg.train.sched, ("cosine", "step", "none"), "train.sched", source)
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", source)
     _choice(cfg.train.channels_last, ("auto", "on", "off"), "train.channels_last", source)
+    _check_device(cfg.train.device, source)
     if not cfg.student.model:
         raise ConfigError(f"`student.model` is missing in {source}",
                           "add [student] with model = \"<timm name>\" (see `fbt-engine models`)")
@@ -242,11 +417,9 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     for key in ("epochs", "batch_size", "log_every", "eval_every"):
         _positive(getattr(cfg.train, key), f"train.{key}", source)
     _positive(cfg.train.lr, "train.lr", source)
-    _positive(cfg.train.threads, "train.threads", source, allow_zero=True)
-    _positive(cfg.data.img_size, "data.img_size", source)
-    if cfg.data.img_size < 8:
-        raise ConfigError(f"`data.img_size` in {source} is {cfg.data.img_size}, too small for any model",
-                          "use 32 or more")
+    _check_ranges(cfg, source)
+    _check_ints(cfg, source)
+    _check_stats(cfg, source)
     if cfg.loss.ofa_eps <= 0 or cfg.loss.ofa_temperature <= 0 or cfg.loss.kd_temperature <= 0:
         raise ConfigError(f"loss temperatures and ofa_eps in {source} must be > 0",
                           "the paper uses ofa_eps 1.0 (CIFAR) or 1.5 (ImageNet), temperature 1")
@@ -260,9 +433,6 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError(f"`data.root` is required for imagefolder in {source}",
                           "point it at a folder holding train/ and val/ class folders")
-    if cfg.teacher.train is not None:
-        _positive(cfg.teacher.train.epochs, "teacher.train.epochs", source)
-        _positive(cfg.teacher.train.lr, "teacher.train.lr", source)
 
 
 # --- TOML and overrides -------------------------------------------------------------------
@@ -277,28 +447,45 @@ def parse_value(text: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings onto nested plain data (a copy)."""
-    out = json.loads(json.dumps(data))
+    out = copy.deepcopy(data)  # not a JSON round trip: TOML dates would not survive it
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} has no `=`", "write it as section.key=value, e.g. train.epochs=5")
+            raise ConfigError(f"override {_shown(item)} has no `=`",
+                              "write it as section.key=value, e.g. train.epochs=5")
         key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
+        parts = [part.strip() for part in key.split(".")]
+        if not all(parts):
+            raise ConfigError(f"override {_shown(item)} has an empty key or key part",
+                              "write it as section.key=value, e.g. train.epochs=5")
         node = out
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: `{part}` is not a section", "check the key path")
+                raise ConfigError(f"override {_shown(item)}: `{'.'.join(parts[:i + 1])}` is not a section",
+                                  "only tables (train, data, teacher.kwargs, ...) have keys below them")
         node[parts[-1]] = parse_value(raw.strip())
     return out
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A preset file's plain data; every way it can be unreadable is one ConfigError naming it."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"preset {str(p)!r} is a directory, not a file",
+                          "give the path of a .toml preset inside it, e.g. presets/quickstart.toml")
     if not p.is_file():
         raise ConfigError(f"preset file {str(p)!r} does not exist",
                           "give a path to a .toml preset, e.g. presets/quickstart.toml")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = p.read_bytes().decode("utf-8-sig")  # a BOM (Windows editors) is fine
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"preset {str(p)!r} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                          "save it as UTF-8; a preset is a TOML text file") from None
+    except OSError as exc:
+        raise ConfigError(f"preset {str(p)!r} cannot be read: {exc.strerror or exc}",
+                          "check the file's permissions, or copy it somewhere readable") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"preset {str(p)!r} is not valid TOML: {exc}", "fix the syntax at the line shown") from None
 
@@ -327,5 +514,5 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 
 __all__ = ["RunConfig", "ModelConfig", "TeacherTrainConfig", "DataConfig", "AugConfig", "TrainConfig",
-           "FusionConfig", "LossConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate",
+           "FusionConfig", "LossConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate", "check_name",
            "apply_overrides", "parse_value", "config_hash", "with_overrides", "replace", "METHODS", "DATASETS"]

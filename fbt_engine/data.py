@@ -263,9 +263,27 @@ def cifar100_folders(root: str) -> list[Path]:
     return [p for b in bases for p in (b / "cifar-100-python", b)]
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR's pickles hold dicts, lists, bytes and numpy arrays; any other global (a function a
+    crafted file would call) is refused, so a downloaded data file never runs code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            return _ArraysOnly(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"CIFAR-100 file {str(path)!r} is damaged or holds more than data ({exc})",
+                        "download the python version of CIFAR-100 again (data.download = true)") from None
 
 
 def _cifar_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -356,26 +374,31 @@ def _shard(n: int) -> list[int]:
 def build_loaders(data: DataConfig, aug: AugConfig, batch_size: int, seed: int,
                   distributed: bool = False, device_type: str = "cpu"
                   ) -> tuple[DataLoader, DataLoader, DatasetInfo]:
-    """Train loader (seeded shuffle, full batches only) and val loader (in order).
+    """Train loader (seeded shuffle, full batches only) and val loader (in order); see make_loaders."""
+    train, val, info = build_datasets(data, aug, seed)
+    return (*make_loaders(train, val, data.num_workers, batch_size, seed, distributed, device_type), info)
+
+
+def make_loaders(train: Dataset, val: Dataset, num_workers: int, batch_size: int, seed: int,
+                 distributed: bool = False, device_type: str = "cpu") -> tuple[DataLoader, DataLoader]:
+    """Loaders over built datasets (each phase of a run gets fresh ones, seeded alike).
 
     Under `distributed`, the train loader uses a DistributedSampler: call
-    `loader.sampler.set_epoch(epoch)` each epoch. Otherwise the shuffle draws from
-    `loader.generator`, whose state a checkpoint can save for an exact resume.
+    `loader.sampler.set_epoch(epoch)` each epoch. Otherwise the shuffle (and the workers' seeds)
+    draw from `loader.generator`, whose state a checkpoint can save for an exact resume. Workers
+    are not persistent: a persistent worker keeps the seed drawn when the process started, so a
+    resumed run would augment differently.
     """
-    train, val, info = build_datasets(data, aug, seed)
     world = torch.distributed.get_world_size() if distributed else 1
-    common = dict(batch_size=batch_size, num_workers=data.num_workers,
-                  pin_memory=device_type == "cuda", persistent_workers=data.num_workers > 0)
+    common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=device_type == "cuda")
     drop_last = len(train) >= batch_size * world  # never an empty epoch on a tiny subset
     if distributed:
         sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=drop_last)
-        train_loader = DataLoader(train, sampler=sampler, drop_last=drop_last, **common)
-        val_loader = DataLoader(val, sampler=_shard(len(val)), **common)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        train_loader = DataLoader(train, shuffle=True, generator=gen, drop_last=drop_last, **common)
-        val_loader = DataLoader(val, shuffle=False, **common)
-    return train_loader, val_loader, info
+        return (DataLoader(train, sampler=sampler, drop_last=drop_last, **common),
+                DataLoader(val, sampler=_shard(len(val)), **common))
+    gen = torch.Generator().manual_seed(seed)
+    return (DataLoader(train, shuffle=True, generator=gen, drop_last=drop_last, **common),
+            DataLoader(val, shuffle=False, **common))
 
 
 def build_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:
@@ -389,5 +412,5 @@ def build_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:
 
 
 __all__ = ["DATASETS", "DatasetInfo", "ArrayDataset", "register_dataset", "build_datasets",
-           "build_loaders", "build_mixup", "build_transforms", "read_idx", "digits_split",
+           "build_loaders", "make_loaders", "build_mixup", "build_transforms", "read_idx", "digits_split",
            "subset_indices", "fashion_folders", "cifar100_folders"]

@@ -9,42 +9,62 @@ from . import config as C
 from .errors import TrainingError
 
 
-def _locate(target: Path) -> tuple[Path, Path]:
-    """(run folder, weights file) from a run folder or a file inside one."""
+def _locate(target: Path) -> tuple[Path, list[Path]]:
+    """(run folder, weight files to try in order) from a run folder or a file inside one."""
     if target.is_dir():
-        for name in ("checkpoints/best.pt", "student.safetensors", "checkpoints/last.pt"):
-            if (target / name).is_file():
-                return target, target / name
-        raise TrainingError(f"run folder {str(target)!r} has no checkpoint yet",
-                            "wait for the first epoch to finish, or give another run")
+        found = [target / n for n in ("checkpoints/best.pt", "student.safetensors", "checkpoints/last.pt")
+                 if (target / n).is_file()]
+        if not found:
+            raise TrainingError(f"run folder {str(target)!r} has no checkpoint yet",
+                                "wait for the first epoch to finish, or give another run")
+        return target, found
     if target.is_file():
         run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent
-        return run_dir, target
+        return run_dir, [target]
     raise TrainingError(f"{str(target)!r} is neither a run folder nor a checkpoint file",
                         "give runs/<name> or runs/<name>/checkpoints/best.pt")
 
 
+def _load_student(student: Any, weights: Path) -> None:
+    from .checkpoint import load, load_weights
+    if weights.suffix != ".pt":
+        load_weights(student, weights, "student")
+        return
+    ckpt = load(weights)  # weights-only: a crafted checkpoint is refused, never run
+    if ckpt.get("phase") != "distill":
+        raise TrainingError(f"{str(weights)!r} is a teacher-phase checkpoint", "evaluate the run folder instead")
+    student.load_state_dict({k.removeprefix("student."): v for k, v in ckpt["module"].items()
+                             if k.startswith("student.")})
+
+
+def _first_loadable(student: Any, candidates: list[Path]) -> Path:
+    """Load the first candidate that is intact; a damaged one is reported and skipped."""
+    import sys
+    from .checkpoint import DamagedFile
+    for i, weights in enumerate(candidates):
+        try:
+            _load_student(student, weights)
+            return weights
+        except DamagedFile as exc:
+            if i == len(candidates) - 1:
+                raise
+            sys.stderr.write(f"warning: {exc.message}; trying {candidates[i + 1].name}\n")
+    raise AssertionError("unreachable")
+
+
 def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     import torch
-    from .checkpoint import load, load_weights
     from .data import build_loaders
     from .task import create_student
     from .trainer import Runtime, StudentView, evaluate
-    run_dir, weights = _locate(Path(target))
+    run_dir, candidates = _locate(Path(target))
     if not (run_dir / "config.toml").is_file():
-        raise TrainingError(f"no config.toml next to {str(weights)!r}", "give a file inside a run folder")
+        raise TrainingError(f"no config.toml next to {str(candidates[0])!r}", "give a file inside a run folder")
     cfg = C.load_preset(run_dir / "config.toml", overrides)
     _, val_loader, info = build_loaders(cfg.data, cfg.aug, cfg.train.batch_size, cfg.seed)
     student = create_student(C.replace(cfg, student=C.replace(cfg.student, checkpoint="", pretrained=False)),
                              info.num_classes)
-    if weights.suffix == ".pt":
-        ckpt = load(weights)
-        if ckpt.get("phase") != "distill":
-            raise TrainingError(f"{str(weights)!r} is a teacher-phase checkpoint", "evaluate the run folder instead")
-        student.load_state_dict({k.removeprefix("student."): v for k, v in ckpt["module"].items()
-                                 if k.startswith("student.")})
-    else:
-        load_weights(student, weights, "student")
+    weights = _first_loadable(student, candidates)
     rt = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), amp_dtype=None,
                  scaler=False, channels_last=False)
     m = evaluate(StudentView(student).to(rt.device), val_loader, rt, with_teacher=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,8 +122,13 @@ class Emitter:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)
         line = encode(event)
         if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError:  # disk full: keep running (the stream still carries events), say so once
+                self._file = None
+                sys.stderr.write("warning: events.jsonl can no longer be written (disk full?); events go to the "
+                                 "stream only\n")
         stream = self._stream  # a signal handler may detach it between the two calls
         if stream is not None:
             try:

@@ -201,9 +201,11 @@ class Objective(nn.Module):
     def forward(self, out: Outputs) -> tuple[Tensor, dict[str, Tensor]]:
         total: Tensor | None = None
         logged: dict[str, Tensor] = {}
+        self.term_weights: dict[str, float] = {}  # read when the total overflows: which weight did it
         for name, weight, value_fn in self.terms(out):
             if weight <= 0:
                 continue  # a zero weight removes the term: no compute, no log, no unused params
+            self.term_weights[name] = weight
             value = value_fn()
             logged[name] = value.detach()
             # `1.0 * v` next to `v.detach()` loses its grad_fn under torch.compile (torch 2.14.1,

@@ -38,10 +38,18 @@ class Reporter:
                                      TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console,
                                      transient=False)
 
-    def _line(self, text: str) -> None:
-        if self.log is not None:
-            self.log.write(text + "\n")
+    def _write_log(self, text: str) -> None:
+        """Append to log.txt; a full disk turns the log off rather than stopping the run."""
+        if self.log is None:
+            return
+        try:
+            self.log.write(text)
             self.log.flush()
+        except (OSError, ValueError):
+            self.log = None
+
+    def _line(self, text: str) -> None:
+        self._write_log(text + "\n")
         if self.detached:
             return
         progress = self.progress  # a SIGHUP handler may detach it meanwhile
@@ -94,8 +102,7 @@ class Reporter:
         if progress is not None and self.task is not None and not self.detached:
             done = (e.get("epoch", 1) - 1) * e.get("steps_per_epoch", 0) + e.get("epoch_step", 0)
             progress.update(self.task, completed=done, info=info)
-            if self.log is not None:
-                self.log.write(f"[{self.run}] {e.get('phase')} step {e.get('step')} {info}\n")
+            self._write_log(f"[{self.run}] {e.get('phase')} step {e.get('step')} {info}\n")
             return
         self._line(f"[{self.run}] {e.get('phase')} step {e.get('step')} ({e.get('epoch_step')}/"
                    f"{e.get('steps_per_epoch')}) {info} eta {_eta(e.get('eta_s', 0))}")
@@ -137,7 +144,10 @@ class Reporter:
             except (BrokenPipeError, OSError, ValueError):
                 self.detach()
         if self.log is not None:
-            Console(file=self.log, width=100).print(table)
+            import io
+            buf = io.StringIO()
+            Console(file=buf, width=100).print(table)
+            self._write_log(buf.getvalue())
 
     def close(self) -> None:
         if self.progress is not None:

@@ -1,10 +1,16 @@
-"""A run from preset to finished student: run folder, phases (teacher, distill), resume, signals.
+"""A run from preset to finished student: checks, run folder, phases (teacher, distill), resume, signals.
 
     runs/<name>/config.toml        the fully resolved preset (repeat the run exactly)
     runs/<name>/events.jsonl       every event (see events.py)
     runs/<name>/log.txt            human-readable progress and any traceback
     runs/<name>/checkpoints/       last.pt, best.pt (distill), teacher-last.pt (teacher phase)
     runs/<name>/student.safetensors, teacher.safetensors (when trained here)
+    runs/<name>/.lock              held by the process writing the folder
+
+Order of work (fail before work starts): validate the config -> preflight (models on the meta
+device, optimiser, augmentation, device, files) -> data set-up -> only then the run folder.
+Each phase starts from the run's seed (not from whatever the previous phase left in the RNG), so a
+run resumed at any point computes the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config as C
+from . import faults
 from .errors import FBTError, TrainingError
 from .events import Emitter
 
@@ -52,26 +59,88 @@ class StopSignal:
             self.on_request()
 
 
-def unique_run_dir(runs_dir: Path, name: str) -> Path:
-    """runs/<name>, or <name>-2, -3 ... when taken (a run folder is never overwritten)."""
-    path, n = runs_dir / name, 1
-    while path.exists():
-        n += 1
-        path = runs_dir / f"{name}-{n}"
-    return path
+@dataclass
+class Prepared:
+    """What a run needs before its folder exists: resolved runtime and the built datasets."""
+
+    rt: Any
+    train_set: Any
+    val_set: Any
+    info: Any
+    mixup: Any
+
+
+def prepare(cfg: C.RunConfig, source: str) -> Prepared:
+    """Every check that needs no run folder, then the data set-up. Raises FBTError."""
+    from . import preflight
+    from .data import build_datasets, build_mixup
+    preflight.check_device(cfg.train.device, source)
+    rt = _runtime(cfg)
+    preflight.check(cfg, source=source)
+    train_set, val_set, info = build_datasets(cfg.data, cfg.aug, cfg.seed)
+    return Prepared(rt, train_set, val_set, info, build_mixup(cfg.aug, info.num_classes))
+
+
+def _runtime(cfg: C.RunConfig) -> Any:
+    import torch
+    from .trainer import Runtime
+    tc = cfg.train
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = world = 0
+    if distributed:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    device = _device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
+    if tc.threads > 0:
+        torch.set_num_threads(tc.threads)
+    if tc.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp = {"auto": "bf16" if device.type == "cuda" else "off"}.get(tc.amp, tc.amp)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    cl = tc.channels_last == "on" or (tc.channels_last == "auto" and device.type == "cuda")
+    return Runtime(device=device, amp_dtype=dtype, scaler=amp == "fp16", channels_last=cl,
+                   distributed=distributed, rank=rank, world_size=max(world, 1))
+
+
+def _device(spec: str, local_rank: int) -> Any:
+    import torch
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cuda":
+        spec = f"cuda:{local_rank}"
+    if spec.startswith("cuda"):
+        torch.cuda.set_device(torch.device(spec))
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 class Run:
-    """Everything one `fbt-engine run`/`resume` process does."""
+    """Everything one `fbt-engine run`/`resume` process does once its folder exists."""
 
-    def __init__(self, cfg: C.RunConfig, run_dir: Path, jsonl: bool, resume: dict[str, Any] | None = None,
-                 stop_when: Callable[[Any], bool] | None = None) -> None:
+    def __init__(self, cfg: C.RunConfig, run_dir: Path, jsonl: bool, prep: Prepared, lock: Any = None,
+                 resume: dict[str, Any] | None = None, stop_when: Callable[[Any], bool] | None = None) -> None:
         from .progress import Reporter
-        self.cfg, self.dir, self.resume = cfg, run_dir, resume
+        self.cfg, self.dir, self.resume, self.prep, self.lock = cfg, run_dir, resume, prep, lock
+        self.rt, self.info = prep.rt, prep.info
         self.stop = StopSignal()
         self.stop_when = stop_when  # tests: stop as if signalled once this returns True for the loop
         self.started = time.monotonic() - (resume or {}).get("elapsed", 0.0)
-        self.rt = self._runtime()
+        self.teacher_digest: str | None = None
         is_main = self.rt.rank == 0
         self.log = open(run_dir / "log.txt", "a", encoding="utf-8") if is_main else None
         self.reporter = Reporter(cfg.name, log=self.log, quiet=not is_main)
@@ -86,62 +155,19 @@ class Run:
         self.emitter.detach_stream()
         self.reporter.note("terminal closed (SIGHUP): training goes on; follow runs/<name>/log.txt")
 
-    # --- setup ----------------------------------------------------------------------------
-    def _runtime(self):
-        import numpy as np
-        import torch
-        from .trainer import Runtime
-        tc = self.cfg.train
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        rank = world = 0
-        if distributed:
-            import torch.distributed as dist
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-            rank, world = dist.get_rank(), dist.get_world_size()
-        device = self._device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
-        if tc.threads > 0:
-            torch.set_num_threads(tc.threads)
-        torch.manual_seed(self.cfg.seed + rank)
-        random.seed(self.cfg.seed + rank)
-        np.random.seed(self.cfg.seed + rank)
-        if tc.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        amp = {"auto": "bf16" if device.type == "cuda" else "off"}.get(tc.amp, tc.amp)
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        cl = tc.channels_last == "on" or (tc.channels_last == "auto" and device.type == "cuda")
-        return Runtime(device=device, amp_dtype=dtype, scaler=amp == "fp16", channels_last=cl,
-                       distributed=distributed, rank=rank, world_size=max(world, 1))
-
-    @staticmethod
-    def _device(spec: str, local_rank: int):
-        import torch
-        if spec == "auto":
-            spec = "cuda" if torch.cuda.is_available() else "cpu"
-        if spec.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise FBTError(f"device {spec!r} was asked for but no CUDA GPU is visible",
-                               "set train.device = \"cpu\" (or \"auto\")")
-            if spec == "cuda":
-                spec = f"cuda:{local_rank}"
-            torch.cuda.set_device(torch.device(spec))
-        return torch.device(spec)
-
     def _stop_requested(self, loop: Any) -> bool:
         flag = self.stop.requested or (self.stop_when is not None and self.stop_when(loop))
-        if self.rt.distributed:  # every rank must stop at the same step
-            import torch
-            import torch.distributed as dist
-            t = torch.tensor([float(flag)], device=self.rt.device)
-            dist.all_reduce(t)
-            flag = bool(t.item() > 0)
-        return flag
+        return bool(self._agree(float(flag), "max"))  # every rank must stop at the same step
+
+    def _agree(self, value: float, op: str = "max") -> float:
+        """Under torchrun, combine a number across ranks (max: any rank's yes is everyone's)."""
+        if not self.rt.distributed:
+            return value
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([value], device=self.rt.device, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.MIN)
+        return float(t.item())
 
     # --- phases ---------------------------------------------------------------------------
     def execute(self) -> int:
@@ -153,38 +179,67 @@ class Run:
             self.emitter.emit("failed", kind=exc.kind, message=exc.message, hint=exc.hint)
             return 2
         except KeyboardInterrupt:
-            self.emitter.emit("failed", kind="aborted", message="aborted by a second Ctrl-C",
-                              hint=f"the last checkpoint is kept: fbt-engine resume {self.dir}")
+            self.emitter.emit("failed", kind="aborted", message="aborted by a second Ctrl-C", hint=self._resume_hint())
             return 130
-        except Exception as exc:  # a bug: keep the traceback in the log, tell the reader
-            from .trainer import NonFiniteLoss
-            if isinstance(exc, NonFiniteLoss):
-                self.emitter.emit("failed", kind="nan_loss", message=str(exc), step=exc.step, term=exc.term,
-                                  hint="lower the learning rate, enable grad_clip, or turn off fp16; the last good "
-                                       "checkpoint is kept")
-                return 1
-            text = traceback.format_exc()
-            if self.log:
-                self.log.write(text)
-            self.emitter.emit("failed", kind="crash", message=f"{type(exc).__name__}: {exc}", hint="see log.txt")
-            raise
+        except Exception as exc:  # noqa: BLE001 - classify known runtime faults; anything else is a bug
+            return self._runtime_fault(exc)
         finally:
             self.stop.uninstall()
             self.reporter.close()
             self.emitter.close()
+            if self.lock is not None:
+                self.lock.release()
+
+    def _resume_hint(self) -> str:
+        ckpts = self.dir / "checkpoints"
+        if any((ckpts / n).is_file() for n in ("last.pt", "teacher-last.pt")):
+            return f"the last checkpoint is kept: fbt-engine resume {self.dir}"
+        return "no checkpoint had been written yet: start the run again with `fbt-engine run`"
+
+    def _runtime_fault(self, exc: Exception) -> int:
+        import torch
+        from .trainer import NonFiniteLoss
+        if isinstance(exc, NonFiniteLoss):
+            self.emitter.emit("failed", kind="nan_loss", message=str(exc), step=exc.step, term=exc.term,
+                              hint="lower the learning rate, enable train.grad_clip, or turn off fp16; nothing "
+                                   "non-finite was saved: " + self._resume_hint().replace("the last", "the last good"))
+            return 1
+        if isinstance(exc, torch.OutOfMemoryError):
+            self.emitter.emit("failed", kind="oom", message=f"out of GPU memory: {str(exc).splitlines()[0]}",
+                              hint="lower train.batch_size, use train.amp = \"bf16\", or fewer data.num_workers; "
+                                   + self._resume_hint())
+            return 1
+        if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+            self.emitter.emit("failed", kind="data_worker", message=f"a data-loading worker died: {exc}",
+                              hint="it was killed (out of host memory?): lower data.num_workers (0 loads in the main "
+                                   "process); " + self._resume_hint())
+            return 1
+        if self.log:
+            try:
+                self.log.write(traceback.format_exc())
+            except OSError:
+                pass
+        self.emitter.emit("failed", kind="crash", message=f"{type(exc).__name__}: {exc}", hint="see log.txt")
+        raise exc
 
     def _execute(self) -> int:
-        from .data import build_loaders, build_mixup
-        cfg, rt = self.cfg, self.rt
-        self._check_teacher_source()  # fail before the (possibly slow) data set-up
-        train_loader, val_loader, info = build_loaders(cfg.data, cfg.aug, cfg.train.batch_size, cfg.seed,
-                                                       distributed=rt.distributed, device_type=rt.device.type)
-        self.loaders = (train_loader, val_loader, build_mixup(cfg.aug, info.num_classes))
-        self.info = info
-        teacher, teacher_reason = self._teacher(info.num_classes)
+        faults.point("run.folder")
+        teacher, teacher_reason = self._teacher(self.info.num_classes)
         if teacher_reason == "stopped":
             return self._finish("stopped", None)
-        return self._distill(teacher, info.num_classes)
+        return self._distill(teacher, self.info.num_classes)
+
+    def _loaders(self, batch_size: int) -> tuple[Any, Any, Any]:
+        """Fresh, freshly seeded loaders for a phase."""
+        from .data import make_loaders
+        train, val = make_loaders(self.prep.train_set, self.prep.val_set, self.cfg.data.num_workers, batch_size,
+                                  self.cfg.seed, self.rt.distributed, self.rt.device.type)
+        return train, val, self.prep.mixup
+
+    def _start_phase(self) -> None:
+        """A phase's numbers depend on the seed only, not on how the process got here (fresh run,
+        resume after the teacher, teacher loaded from a file)."""
+        seed_everything(self.cfg.seed + self.rt.rank)
 
     def _emit_started(self, params: dict[str, int]) -> None:
         import torch
@@ -192,6 +247,7 @@ class Run:
                           teacher=self.cfg.teacher.model, student=self.cfg.student.model,
                           device=str(self.rt.device), world_size=self.rt.world_size, params=params,
                           pid=os.getpid(), resumed=self.resume is not None, torch=torch.__version__,
+                          teacher_digest=self.teacher_digest,
                           dataset={"name": self.info.name, "train": self.info.train_size, "val": self.info.val_size,
                                    "classes": self.info.num_classes})
 
@@ -199,36 +255,45 @@ class Run:
         t = self.cfg.teacher
         return Path(t.checkpoint) if t.checkpoint else self.dir / "teacher.safetensors"
 
-    def _check_teacher_source(self) -> None:
-        t = self.cfg.teacher
-        if self.cfg.method == "scratch" or t.train is not None or self.teacher_path().is_file():
-            return
-        if t.pretrained and not t.checkpoint:
-            return
-        raise TrainingError(f"teacher checkpoint {str(self.teacher_path())!r} does not exist",
-                            "give the path of a teacher trained on this dataset, add a [teacher.train] section to "
-                            "train it in this run, or set teacher.pretrained = true (needs internet)")
-
-    def _teacher(self, num_classes: int):
+    def _teacher(self, num_classes: int) -> tuple[Any, str]:
         """The frozen teacher: loaded from a file, from the hub, or trained here first."""
-        from .checkpoint import load_weights, save_weights
         from .task import create_teacher
-        cfg = self.cfg
-        if cfg.method == "scratch":
+        if self.cfg.method == "scratch":
             return None, "none"
-        teacher = create_teacher(cfg, num_classes)
+        self._start_phase()
+        teacher = create_teacher(self.cfg, num_classes)
         path = self.teacher_path()
-        resuming_teacher = self.resume is not None and self.resume.get("phase") == "teacher"
-        if path.is_file() and not resuming_teacher:
-            load_weights(teacher, path, "teacher")
-            return teacher, "loaded"
-        if cfg.teacher.train is None:  # _check_teacher_source ruled out a missing file
-            return teacher, "pretrained"
-        outcome = self._train_teacher(teacher)
-        if outcome == "completed" and self.rt.rank == 0:  # other ranks hold the same weights in memory
-            save_weights(teacher, path)
-            self.reporter.note(f"teacher saved to {path}")
-        return teacher, outcome
+        if path.is_file() or self.cfg.teacher.train is None:  # preflight ruled out a missing file
+            return teacher, self._load_teacher(teacher, path) if path.is_file() else "pretrained"
+        from .locks import FileLock
+        lock = FileLock(path.with_name(path.name + ".lock")) if self.rt.rank == 0 else None
+        if lock is not None and not lock.wait(self.reporter.note, lambda: self.stop.requested,
+                                              f"training the teacher {path}"):
+            return teacher, "stopped"
+        try:
+            if self._agree(float(path.is_file())):  # another run trained it while we waited
+                return teacher, self._load_teacher(teacher, path)
+            outcome = self._train_teacher(teacher)
+            if outcome == "completed" and self.rt.rank == 0:  # other ranks hold the same weights in memory
+                from .checkpoint import file_digest, save_weights
+                save_weights(teacher, path, "teacher")
+                self.teacher_digest = file_digest(path)
+                self.reporter.note(f"teacher saved to {path}")
+            return teacher, outcome
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _load_teacher(self, teacher: Any, path: Path) -> str:
+        from .checkpoint import file_digest, load_weights
+        load_weights(teacher, path, "teacher")
+        self.teacher_digest = file_digest(path)
+        expected = (self.resume or {}).get("teacher_digest")
+        if expected and expected != self.teacher_digest:
+            raise TrainingError(f"the teacher file {str(path)!r} changed since this run's checkpoint was written "
+                                f"(sha256 {self.teacher_digest} now, {expected} then)",
+                                "restore the teacher this run was distilled from, or start a new run with the new one")
+        return "loaded"
 
     def _train_teacher(self, teacher: Any) -> str:
         from .task import TeacherModule
@@ -236,18 +301,19 @@ class Run:
         tt, tc = self.cfg.teacher.train, self.cfg.train
         train_cfg = C.replace(tc, epochs=tt.epochs, optimizer=tt.optimizer, lr=tt.lr, min_lr=tt.min_lr,
                               weight_decay=tt.weight_decay, warmup_epochs=tt.warmup_epochs, ema_decay=0.0,
-                              grad_clip=tc.grad_clip)
+                              batch_size=tt.batch_size or tc.batch_size, grad_clip=tc.grad_clip)
         module = TeacherModule(teacher, self.cfg.aug.label_smoothing)
         self._emit_started(module.params())
-        phase = Phase("teacher", module, train_cfg, self.loaders[0], self.loaders[1], self.loaders[2])
+        phase = Phase("teacher", module, train_cfg, *self._loaders(train_cfg.batch_size))
         return self._run_phase(phase, "teacher-last.pt")
 
     def _distill(self, teacher: Any, num_classes: int) -> int:
         from .task import DistillModule, create_student
         from .trainer import Phase
+        self._start_phase()
         module = DistillModule(self.cfg, create_student(self.cfg, num_classes), teacher, num_classes)
         self._emit_started(module.params())
-        phase = Phase("distill", module, self.cfg.train, *self.loaders)
+        phase = Phase("distill", module, self.cfg.train, *self._loaders(self.cfg.train.batch_size))
         outcome = self._run_phase(phase, "last.pt")
         return self._finish(outcome, self._loop)
 
@@ -267,8 +333,9 @@ class Run:
         if self.rt.rank != 0:
             return ""
         last = ckpt_dir / last_name
-        atomic_save({"version": 1, "config": C.to_dict(self.cfg), "config_hash": C.config_hash(self.cfg),
-                     "elapsed": time.monotonic() - self.started, **loop.state_dict()}, last)
+        atomic_save({"version": 2, "config": C.to_dict(self.cfg), "config_hash": C.config_hash(self.cfg),
+                     "teacher_digest": self.teacher_digest, "elapsed": time.monotonic() - self.started,
+                     **loop.state_dict()}, last)
         if best and loop.phase.name == "distill":
             atomic_copy(last, ckpt_dir / "best.pt")
             return str(ckpt_dir / "best.pt")
@@ -281,9 +348,10 @@ class Run:
         student_path = ""
         if loop is not None and reason == "completed" and self.rt.rank == 0:
             student_path = str(self.dir / "student.safetensors")
-            save_weights(loop.module.student, student_path)
+            save_weights(loop.module.student, student_path, "student")
         best = {"epoch": st.best_epoch, "student_top1": st.best.get("student_top1")} if st and st.best else {}
         last = {"epoch": st.last.get("epoch"), "student_top1": st.last.get("student_top1")} if st and st.last else {}
+        faults.point("finish")
         self.emitter.emit("finished", reason=reason, best=best, last=last, duration_s=round(duration, 1),
                           student_path=student_path, best_eval=st.best if st else {}, last_eval=st.last if st else {})
         if st is not None and st.last:
@@ -296,19 +364,53 @@ class Run:
 # --- entry points used by the CLI -------------------------------------------------------------
 
 def start(cfg: C.RunConfig, name: str | None = None, runs_dir: str | None = None, jsonl: bool = False,
-          stop_when: Callable[[Any], bool] | None = None) -> tuple[int, Path]:
-    """Create a fresh run folder for `cfg` and run it."""
+          stop_when: Callable[[Any], bool] | None = None, source: str = "<preset>") -> tuple[int, Path]:
+    """Check everything, set up the data, then create a fresh run folder for `cfg` and run it."""
     cfg = C.replace(cfg, name=name or cfg.name, runs_dir=runs_dir or cfg.runs_dir)
+    C.validate(cfg, "the command line" if name or runs_dir else source)  # --name is user input too
+    prep = _announce_failure(lambda: prepare(cfg, source), cfg.name, jsonl)
     run_dir = _main_rank_decides(lambda: _new_run_dir(cfg))
+    lock = _locked(run_dir, prep.rt.rank)
     cfg = C.replace(cfg, name=run_dir.name)
-    return Run(cfg, run_dir, jsonl, stop_when=stop_when).execute(), run_dir
+    return Run(cfg, run_dir, jsonl, prep, lock, stop_when=stop_when).execute(), run_dir
+
+
+def _announce_failure(fn: Callable[[], Any], name: str, jsonl: bool) -> Any:
+    """Failures before the run folder exists: a `failed` event on the stream (the TUI reads it), then
+    the FBTError for the CLI to print. Nothing is written to disk."""
+    try:
+        return fn()
+    except FBTError as exc:
+        if jsonl:
+            Emitter(name, None, sys.stdout).emit("failed", kind=exc.kind, message=exc.message, hint=exc.hint)
+        raise
+
+
+def _locked(run_dir: Path, rank: int) -> Any:
+    from .locks import lock_run_folder
+    return lock_run_folder(run_dir) if rank == 0 else None
 
 
 def _new_run_dir(cfg: C.RunConfig) -> Path:
-    run_dir = unique_run_dir(Path(cfg.runs_dir), cfg.name)
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(C.dumps(C.replace(cfg, name=run_dir.name)), encoding="utf-8")
-    return run_dir
+    """runs/<name>, or <name>-2, -3 ... when taken; made with one mkdir, so concurrent starts never
+    share a folder, and a run folder is never overwritten."""
+    from .checkpoint import WriteError, write_bytes_atomic
+    runs = Path(cfg.runs_dir)
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while True:
+            path = runs / (cfg.name if n == 1 else f"{cfg.name}-{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                n += 1
+    except OSError as exc:
+        raise WriteError(f"cannot create a run folder under {str(runs)!r}: {exc.strerror or exc}",
+                         "choose a writable folder with --runs-dir") from None
+    write_bytes_atomic(C.dumps(C.replace(cfg, name=path.name)).encode(), path / "config.toml")
+    return path
 
 
 def _main_rank_decides(fn: Callable[[], Any]) -> Any:
@@ -324,24 +426,38 @@ def _main_rank_decides(fn: Callable[[], Any]) -> Any:
     return box[0]
 
 
+CHECKPOINT_ORDER = ("last.pt", "best.pt", "teacher-last.pt")
+
+
 def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], bool] | None = None) -> int:
-    """Continue a stopped (or crashed) run in its own folder from checkpoints/*last.pt."""
-    from .checkpoint import load
+    """Continue a stopped (or crashed) run in its own folder from its newest good checkpoint."""
+    from .checkpoint import load_first
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise TrainingError(f"{str(run_dir)!r} is not a run folder (it has no config.toml)",
                             "give a folder under runs/, e.g. runs/quickstart")
-    cfg = C.load_preset(run_dir / "config.toml")
-    ckpts = [run_dir / "checkpoints" / n for n in ("last.pt", "teacher-last.pt")]
-    found = next((p for p in ckpts if p.is_file()), None)
-    state = load(found) if found else None
-    if state is not None and state.get("config_hash") != C.config_hash(cfg):
-        raise TrainingError(f"the checkpoint in {str(run_dir)!r} was written by another configuration",
-                            "config.toml was edited after the run started; restore it or start a new run")
-    if _completed(run_dir):
-        raise TrainingError(f"run {str(run_dir)!r} has already completed",
-                            "start a new run with `fbt-engine run`, or evaluate it with `fbt-engine eval`")
-    return Run(cfg, run_dir, jsonl, resume=state or {}, stop_when=stop_when).execute()
+    lock = _locked(run_dir, int(os.environ.get("RANK", "0")))
+    try:
+        cfg = C.load_preset(run_dir / "config.toml")
+        if _completed(run_dir):
+            raise TrainingError(f"run {str(run_dir)!r} has already completed",
+                                "start a new run with `fbt-engine run`, or evaluate it with `fbt-engine eval`")
+        notes: list[str] = []
+        found, state = load_first([run_dir / "checkpoints" / n for n in CHECKPOINT_ORDER], notes.append)
+        if state is not None and state.get("config_hash") != C.config_hash(cfg):
+            raise TrainingError(f"the checkpoint {str(found)!r} was written by another configuration",
+                                "config.toml was edited after the run started; restore it or start a new run")
+        prep = _announce_failure(lambda: prepare(cfg, str(run_dir / "config.toml")), cfg.name, jsonl)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    run = Run(cfg, run_dir, jsonl, prep, lock, resume=state or {}, stop_when=stop_when)
+    for note in notes:
+        run.reporter.note(note)
+    if found is not None:
+        run.reporter.note(f"resuming from {found.name}")
+    return run.execute()
 
 
 def _completed(run_dir: Path) -> bool:

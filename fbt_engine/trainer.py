@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from . import faults
-from .checkpoint import rng_state, set_rng_state
+from .checkpoint import nonfinite_tensors, rng_state, set_rng_state
 from .config import TrainConfig
 from .events import Emitter
 
@@ -74,13 +74,25 @@ class NonFiniteWatch:
         self.bad_terms = torch.where(fresh, values, self.bad_terms)
         return values
 
-    def check(self) -> tuple[int, str] | None:
-        """(step, term) of the first non-finite loss, or None. Reads from the device."""
+    def check(self, weights: dict[str, float] | None = None) -> tuple[int, str] | None:
+        """(step, term) of the first non-finite loss, or None. Reads from the device.
+
+        When every term is finite but their weighted sum is not, the term with the largest
+        weighted value is named, with its weight (a huge loss weight overflowed the total).
+        """
         if self.first_bad is None or int(self.first_bad) < 0:
             return None
         vals = self.bad_terms.tolist()
         culprits = [n for n, v in zip(self.names[1:], vals[1:]) if not math.isfinite(v)]
-        return int(self.first_bad), culprits[0] if culprits else "total"
+        if culprits:
+            return int(self.first_bad), culprits[0]
+        weighted = {n: abs(v * (weights or {}).get(n, 1.0)) for n, v in zip(self.names[1:], vals[1:])}
+        if not weighted:
+            return int(self.first_bad), "total"
+        name = max(weighted, key=weighted.get)
+        w = (weights or {}).get(name, 1.0)
+        return int(self.first_bad), f"{name} (finite value {vals[1 + self.names[1:].index(name)]:.4g} times weight " \
+                                    f"{w:g} overflows the total)"
 
 
 class NonFiniteLoss(Exception):
@@ -268,7 +280,7 @@ class Loop:
             if epoch % tc.eval_every == 0 or epoch == tc.epochs:
                 self.end_of_epoch(epoch)
             else:
-                self.save(self, False)
+                self._save(False)
         return "completed"
 
     def train_epoch(self, epoch: int) -> str:
@@ -293,7 +305,7 @@ class Loop:
                 self.emit_step(epoch, seen / max(time.perf_counter() - clock, 1e-9))
                 clock, seen = time.perf_counter(), 0
             if self.stop_requested(self):
-                self.save(self, False)
+                self._save(False)
                 return "stopped"
         self._after_skip_rng()  # a run stopped after the epoch's last step skipped every batch
         return "done"
@@ -340,9 +352,23 @@ class Loop:
                           eta_s=round(left * step_time, 1))
 
     def _raise_if_nonfinite(self) -> None:
-        bad = self.watch.check()
+        """Stop on a non-finite loss, or on non-finite weights after the optimiser step (one sync)."""
+        objective = getattr(self.phase.module, "objective", None)
+        bad = self.watch.check(getattr(objective, "term_weights", None))
         if bad is not None:
             raise NonFiniteLoss(*bad)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise NonFiniteLoss(self.state.step, "weights (NaN/inf after the optimiser step)")
+
+    def _save(self, best: bool) -> str:
+        """Checkpoint, after making sure nothing non-finite is in it (a diverged model is never saved)."""
+        self._raise_if_nonfinite()
+        state = {k: v for k, v in self.module.state_dict().items() if not k.startswith("teacher.")}
+        bad = nonfinite_tensors(state)
+        if bad:
+            raise NonFiniteLoss(self.state.step, f"weights ({len(bad)} tensors hold NaN/inf, e.g. {bad[0]})")
+        return self.save(self, best)
 
     def end_of_epoch(self, epoch: int) -> None:
         st = self.state
@@ -360,7 +386,7 @@ class Loop:
         is_best = m["top1"] > st.best_top1
         if is_best:
             st.best_top1, st.best_epoch, st.best = m["top1"], epoch, result
-        path = self.save(self, is_best)
+        path = self._save(is_best)
         self.emitter.emit("checkpoint", phase=self.phase.name, path=path, epoch=epoch, best=is_best)
 
 

@@ -130,7 +130,7 @@ def test_tiny_subset_still_yields_a_batch():
 def test_loader_options_for_workers_and_cuda():
     train, val, _ = build_loaders(DataConfig(img_size=16, num_workers=1), AUG, batch_size=8, seed=0,
                                   device_type="cuda")
-    assert train.persistent_workers and train.pin_memory and val.pin_memory
+    assert not train.persistent_workers and train.pin_memory and val.pin_memory  # exact resume: fresh worker seeds
 
 
 def test_distributed_loaders(tmp_path):
