@@ -226,7 +226,7 @@ def _choice(value: str, allowed: tuple[str, ...], key: str, source: str) -> None
     if value not in allowed:
         near = difflib.get_close_matches(value, allowed, n=1)
         hint = f"did you mean `{near[0]}`? " if near else ""
-        raise ConfigError(f"`{key}` in {source} is {value!r}, which is not one of {', '.join(allowed)}",
+        raise ConfigError(f"`{key}` in {source} is {_shown(value)}, which is not one of {', '.join(allowed)}",
                           f"{hint}use one of: {', '.join(allowed)}")
 
 
