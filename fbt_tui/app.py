@@ -20,6 +20,7 @@ from textual.screen import Screen
 from .engine_client import RunSession
 from .messages import OpenRun, PairChosen, RunEnded, StartRun
 from .run_state import RunState, replay
+from .runs import RunSummary
 from .screens.catalog import CatalogScreen
 from .widgets.modals import quit_modal
 
@@ -86,28 +87,43 @@ class FbtApp(App[None]):
 
     def on_open_run(self, message: OpenRun) -> None:
         run = message.run
-        if message.how == "replay":
-            self.watch_session(RunSession(replay(run.events_path)))
-        elif message.how == "resume":
-            state = replay(run.events_path) if run.events_path.is_file() else RunState(run.name, run.path)
-            self.start_session(state, ["resume", str(run.path), "--jsonl"])
-        else:
-            session = RunSession(RunState(name=run.name, run_dir=run.path), self._session_ended)
-            if self.watch_session(session):
-                self.run_worker(session.tail(run.events_path, run.pid), group="run", exit_on_error=False)
+        if not run.path.is_dir():
+            self._folder_gone(run.path)
+            return
+        try:
+            if message.how == "replay":
+                self.watch_session(RunSession(replay(run.events_path)))
+            elif message.how == "resume":
+                state = replay(run.events_path) if run.events_path.is_file() else RunState(run.name, run.path)
+                self.start_session(state, ["resume", str(run.path), "--jsonl"])
+                return
+            else:
+                self._attach(run)
+        except OSError:  # deleted between the check and the read
+            self._folder_gone(run.path)
+            return
         self.switch_mode("run")
+
+    def _attach(self, run: RunSummary) -> None:
+        session = RunSession(RunState(name=run.name, run_dir=run.path), self._session_ended)
+        if self.watch_session(session):
+            self.run_worker(session.tail(run.events_path, run.pid), group="run", exit_on_error=False)
+
+    def _folder_gone(self, path: Path) -> None:
+        self.notify(f"the run folder {path} is gone (deleted?); press g to refresh the list",
+                    severity="error", timeout=5, markup=False)
 
     def on_run_ended(self, message: RunEnded) -> None:
         self._update_run_label()
         severity = "information" if message.status in ("completed", "stopped") else "error"
-        self.notify(f"run {message.name}: {message.status}", severity=severity, timeout=4)
+        self.notify(f"run {message.name}: {message.status}", severity=severity, timeout=4, markup=False)
 
     # --- sessions -----------------------------------------------------------------------------
     def watch_session(self, session: RunSession) -> bool:
         """Make `session` the one the run screen shows (refused while another run is live)."""
         if self.session is not None and self.session.live:
             self.notify(f"run {self.session.state.name} is still live: stop it or wait first",
-                        severity="error", timeout=4)
+                        severity="error", timeout=4, markup=False)
             return False
         self.session = session
         self._update_run_label()

@@ -17,17 +17,21 @@ import subprocess
 import sys
 from collections import deque
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, AsyncIterator, Callable
 
 from fbt_engine.events import decode
 
 from .run_state import RunState
 
 ENGINE_ENV = "FBT_ENGINE"
-# A `started` event carries the whole resolved config; asyncio's 64 KiB default line limit is
-# too tight for that, so allow generous lines.
+# A `started` event carries the whole resolved config, so lines may be long; a line longer than
+# this is cut (what is kept shows as log text) rather than ending the stream.
 LINE_LIMIT = 8 * 1024 * 1024
+READ_CHUNK = 64 * 1024
 TAIL_POLL_S = 0.25
+# After the child exits, how long its pipes may stay open (a grandchild holding them) before
+# the TUI stops reading and reports the exit anyway.
+DRAIN_GRACE_S = 2.0
 # Reads the given fds until every one is at EOF (runs in its own process, stdlib only).
 DRAIN = """import os, select, sys
 fds = [int(a) for a in sys.argv[1:]]
@@ -116,7 +120,7 @@ def pid_alive(pid: int | None) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # gone, or no pid at all (from a bad events file)
         return False
     except PermissionError:
         return True  # exists, owned by someone else
@@ -126,9 +130,54 @@ def pid_alive(pid: int | None) -> bool:
 async def _stream(pipe: IO[bytes]) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     """An asyncio reader over a Popen pipe (closing the transport closes only the pipe)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=LINE_LIMIT)
+    reader = asyncio.StreamReader(limit=2 * READ_CHUNK)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     return reader, transport
+
+
+class LineSplitter:
+    """Bytes in, complete lines out; a line longer than `limit` is cut to its first `limit` bytes
+    (the rest is skipped up to its newline), so no single line can grow memory without bound."""
+
+    def __init__(self, limit: int = LINE_LIMIT) -> None:
+        self.limit = limit
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._skipping = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines = data.split(b"\n")
+        out = []
+        for piece in lines[:-1]:
+            self._add(piece)
+            out.append(b"".join(self._parts))
+            self._parts, self._size, self._skipping = [], 0, False
+        self._add(lines[-1])
+        return out
+
+    def rest(self) -> bytes:
+        """The torn last line (no newline yet)."""
+        return b"".join(self._parts)
+
+    def _add(self, piece: bytes) -> None:
+        if self._skipping or not piece:
+            return
+        room = self.limit - self._size
+        if len(piece) > room:
+            piece, self._skipping = piece[:room], True
+        self._parts.append(piece)
+        self._size += len(piece)
+
+
+async def read_lines(reader: asyncio.StreamReader, limit: int = LINE_LIMIT) -> AsyncIterator[list[bytes]]:
+    """Yield the complete lines of a stream in batches, then a torn last line at EOF (if any)."""
+    splitter = LineSplitter(limit)
+    while chunk := await reader.read(READ_CHUNK):
+        lines = splitter.feed(chunk)
+        if lines:
+            yield lines
+    if splitter.rest():
+        yield [splitter.rest()]
 
 
 class RunSession:
@@ -183,8 +232,18 @@ class RunSession:
             out, t1 = await _stream(self.proc.stdout)
             err, t2 = await _stream(self.proc.stderr)
             transports = [t1, t2]
-            await asyncio.gather(self._pump_stdout(out), self._pump_stderr(err))
+            pumps = [asyncio.ensure_future(self._pump_stdout(out)), asyncio.ensure_future(self._pump_stderr(err))]
             self.returncode = await self._wait_exit()
+            # Read what is still in the pipes, but do not wait forever on a pipe that an orphaned
+            # grandchild (a data-loader worker, a shell) keeps open after the engine died.
+            _, pending = await asyncio.wait(pumps, timeout=DRAIN_GRACE_S)
+            for task in pending:
+                task.cancel()
+            if pending:
+                self.state.note_log("stopped reading the engine's pipes: something it started still holds them")
+            for task in pumps:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    self.state.note_log(f"lost part of the engine's output: {task.exception()!r}")
         finally:
             for transport in transports:
                 transport.close()
@@ -200,25 +259,38 @@ class RunSession:
         return rc
 
     async def _pump_stdout(self, reader: asyncio.StreamReader) -> None:
-        async for raw in reader:
-            item = decode(raw.decode("utf-8", "replace"))
-            if item is not None:
-                self.state.apply(item)
+        async for lines in read_lines(reader):
+            for raw in lines:
+                item = decode(raw.decode("utf-8", "replace"))
+                if item is not None:
+                    self.state.apply(item)
+            await asyncio.sleep(0)  # a flood must leave the UI its turns
 
     async def _pump_stderr(self, reader: asyncio.StreamReader) -> None:
-        async for raw in reader:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.stderr_tail.append(line)
-            self.state.note_log(line)
+        async for lines in read_lines(reader, LINE_LIMIT // 8):
+            for raw in lines:
+                line = raw.decode("utf-8", "replace").rstrip("\r")
+                self.stderr_tail.append(line)
+                self.state.note_log(line)
+            await asyncio.sleep(0)
 
     # --- attaching ------------------------------------------------------------------------
     async def tail(self, events_path: str | Path, pid: int | None) -> None:
-        """Follow a run folder's events.jsonl until a final event, or until its process is gone."""
+        """Follow a run folder's events.jsonl until a final event, or until its process is gone.
+
+        A folder deleted underneath is reported as "lost" (the run may still be going), never
+        mistaken for a crash and never followed forever.
+        """
         self.attached_pid = pid
         path = Path(events_path)
-        pos, partial = 0, ""
+        pos, splitter, seen = 0, LineSplitter(), False
         while True:
-            pos, partial, got = self._read_new(path, pos, partial)
+            if not path.parent.is_dir() or (seen and not path.is_file()):
+                self.state.mark_lost(f"the run folder {path.parent} was deleted while it was being watched",
+                                     "nothing more can be shown; press 5 for the runs that are still there")
+                break
+            pos, got = self._read_new(path, pos, splitter)
+            seen = seen or path.is_file()
             if self.state.final:
                 break
             if not got and not pid_alive(pid):
@@ -227,22 +299,22 @@ class RunSession:
             await asyncio.sleep(TAIL_POLL_S)
         self._end()
 
-    def _read_new(self, path: Path, pos: int, partial: str) -> tuple[int, str, bool]:
-        """Read complete new lines from `pos`; keep a torn last line for the next poll."""
+    def _read_new(self, path: Path, pos: int, splitter: LineSplitter) -> tuple[int, bool]:
+        """Fold the complete new lines after byte `pos`; a torn last line waits for the next poll."""
         try:
-            with open(path, encoding="utf-8", errors="replace") as fh:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < pos:
+                    self.state.note_log(f"{path.name} shrank: following it from its new end")
+                    pos = fh.seek(0, os.SEEK_END)
                 fh.seek(pos)
                 chunk = fh.read()
-                pos = fh.tell()
-        except FileNotFoundError:
-            return pos, partial, False
-        text = partial + chunk
-        lines = text.split("\n")
-        for line in lines[:-1]:
-            item = decode(line)
+        except OSError:
+            return pos, False
+        for raw in splitter.feed(chunk):
+            item = decode(raw.decode("utf-8", "replace"))
             if item is not None:
                 self.state.apply(item)
-        return pos, lines[-1], bool(chunk)
+        return pos + len(chunk), bool(chunk)
 
     def detach(self) -> None:
         """Let the child outlive the TUI: hand our ends of its pipes to a tiny drain process.

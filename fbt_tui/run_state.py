@@ -8,23 +8,133 @@ screen redraws on a timer only when it moved (coalescing: never one redraw per e
 from __future__ import annotations
 
 import math
+import re
+import signal
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from fbt_engine.events import Event, LogLine
 
-FINAL_STATUSES = ("completed", "stopped", "failed", "crashed")
+# "lost": the TUI stopped following the run (its folder was deleted), not a verdict on the run.
+FINAL_STATUSES = ("completed", "stopped", "failed", "crashed", "lost")
+# A chart line keeps its newest RECENT_POINTS at full resolution and thins older ones evenly to
+# at most HISTORY_POINTS, so a week-long (or flooding) run costs the same memory as a short one.
+RECENT_POINTS = 1000
+HISTORY_POINTS = 1000
+LOG_LINE_CHARS = 2000  # longer log lines are cut (a 1 MB stray line must not live 2000 times)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # would move the cursor or recolour the terminal
+# Words for the signals that kill engines in practice (a negative return code is -signal).
+SIGNAL_WORDS = {
+    signal.SIGKILL: "killed by SIGKILL (-9): out of memory or kill -9",
+    signal.SIGSEGV: "segmentation fault (SIGSEGV, -11): a crash in native code (torch, a driver)",
+    signal.SIGABRT: "aborted (SIGABRT, -6): a native library gave up",
+    signal.SIGBUS: "bus error (SIGBUS, -7): bad memory access, often a full /dev/shm",
+    signal.SIGTERM: "terminated by SIGTERM (-15) before it could write a final event",
+    signal.SIGINT: "interrupted by SIGINT (-2) before it could write a final event",
+}
 
 
 def as_float(value: Any) -> float | None:
     """A finite float, or None (the protocol writes NaN/inf as strings)."""
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return out if math.isfinite(out) else None
+
+
+def as_int(value: Any) -> int | None:
+    """An int from an int, an integral float or a numeric string; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    number = as_float(value)
+    return int(number) if number is not None else None
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def describe_exit(returncode: int) -> str:
+    """What an exit code means, in words ("" when it means nothing in particular).
+
+    A negative code is the signal that killed the process; 128+N is how a shell wrapper
+    reports the same thing.
+    """
+    if returncode < 0 or 128 < returncode <= 128 + 64:
+        num = -returncode if returncode < 0 else returncode - 128
+        try:
+            sig = signal.Signals(num)
+        except ValueError:
+            return ""
+        words = SIGNAL_WORDS.get(sig, f"killed by {sig.name} ({-num})")
+        return words if returncode < 0 else f"128+{num}, {words}"
+    return {1: "an unhandled error (see stderr)", 2: "a user error (bad preset or missing data)"}.get(returncode, "")
+
+
+def exit_message(returncode: int) -> str:
+    """The sentence for an engine that exited without a final event."""
+    words = describe_exit(returncode)
+    if returncode < 0:
+        return f"the engine died without a final event: {words or f'signal {-returncode}'}"
+    return f"the engine exited with code {returncode} without a final event" + (f": {words}" if words else "")
+
+
+def clean_log_text(text: str) -> str:
+    """One log line made safe to show: control characters replaced, very long lines cut."""
+    if len(text) > LOG_LINE_CHARS:
+        text = f"{text[:LOG_LINE_CHARS]}... ({len(text) - LOG_LINE_CHARS} more characters)"
+    return _CONTROL.sub("\ufffd", text.replace("\t", "    "))
+
+
+class Series:
+    """The points of one chart line, bounded in memory; unpacks as `xs, ys` like a pair of lists.
+
+    The newest points stay at full resolution; points that age out of that window are thinned
+    evenly (every `stride`-th kept, the stride doubling whenever history outgrows its budget),
+    so the whole run stays visible with the same shape, just coarser, however long it runs.
+    """
+
+    def __init__(self, recent: int = RECENT_POINTS, history: int = HISTORY_POINTS) -> None:
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.recent, self.history = recent, history
+        self.stride = 1  # keep every stride-th aged point
+        self._hist = 0  # the first _hist points are thinned history, the rest recent
+        self._aged = 0  # how many points have aged out of the recent window
+
+    def append(self, x: float, y: float) -> None:
+        self.xs.append(x)
+        self.ys.append(y)
+        if len(self.xs) - self._hist >= 2 * self.recent:
+            self._age(self.recent)  # in batches, so the cost per point stays O(1)
+
+    def _age(self, n: int) -> None:
+        lo = self._hist
+        keep = [i for i in range(lo, lo + n) if (self._aged + i - lo) % self.stride == 0]
+        self._aged += n
+        self.xs[lo:lo + n] = [self.xs[i] for i in keep]
+        self.ys[lo:lo + n] = [self.ys[i] for i in keep]
+        self._hist += len(keep)
+        while self._hist > self.history:
+            self.xs[:self._hist] = self.xs[:self._hist:2]
+            self.ys[:self._hist] = self.ys[:self._hist:2]
+            self._hist = (self._hist + 1) // 2
+            self.stride *= 2
+
+    def __iter__(self) -> Iterator[list[float]]:
+        return iter((self.xs, self.ys))
+
+    def __getitem__(self, index: int) -> list[float]:
+        return (self.xs, self.ys)[index]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (Series, tuple)) and (self.xs, self.ys) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"Series({len(self.xs)} points, stride {self.stride})"
 
 
 @dataclass
@@ -49,10 +159,10 @@ class RunState:
     samples_per_s: float | None = None
     eta_s: float | None = None
     t: float = 0.0
-    # term -> ([x], [y]); x is the step counted across phases so the teacher phase comes first.
-    losses: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    # series name (student/fused/teacher) -> ([epoch], [top1])
-    accs: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    # term -> (xs, ys); x is the step counted across phases so the teacher phase comes first.
+    losses: dict[str, Series] = field(default_factory=dict)
+    # series name (student/fused/teacher) -> (epochs, top1s)
+    accs: dict[str, Series] = field(default_factory=dict)
     best_top1: float | None = None
     final: Event | None = None
     error: str = ""
@@ -65,17 +175,25 @@ class RunState:
 
     # --- events ---------------------------------------------------------------------------
     def apply(self, item: Event | LogLine) -> None:
-        """Fold one decoded line into the state; unknown types are ignored per the protocol."""
+        """Fold one decoded line into the state; unknown types are ignored per the protocol.
+
+        Fields of the wrong type are read as missing, so a malformed event never raises; the
+        last guard turns a fold that still fails into a log line rather than a dead screen.
+        """
         self.version += 1
         if isinstance(item, LogLine):
             self.note_log(item.text)
             return
         if item.run and not self.name:
             self.name = item.run
-        self.t = max(self.t, item.t)
-        handler = getattr(self, f"_on_{item.type}", None)
-        if handler is not None:
-            handler(item)
+        self.t = max(self.t, as_float(item.t) or 0.0)
+        handler = HANDLERS.get(item.type)
+        if handler is None:
+            return
+        try:
+            handler(self, item)
+        except Exception as exc:  # noqa: BLE001 - a reader must survive any producer
+            self.note_log(f"ignored a malformed {item.type} event ({type(exc).__name__}: {exc})")
 
     def _on_started(self, ev: Event) -> None:
         self.status = "running"
@@ -83,63 +201,70 @@ class RunState:
         self.student = str(ev.get("student") or "")
         self.method = str(ev.get("method") or "")
         self.device = str(ev.get("device") or "")
-        self.pid = ev.get("pid")
+        self.pid = as_int(ev.get("pid"))
         self.final, self.error, self.hint = None, "", ""
-        if self.status == "running" and ev.get("resumed"):
+        if ev.get("resumed") is True:
             self.note_log("resumed")
 
     def _on_phase(self, ev: Event) -> None:
-        # Steps restart per phase: continue the x axis after the previous phase's last step.
-        self._phase_offset += self._phase_last_step
-        self._phase_last_step = 0
-        self.phase = str(ev.get("phase") or "")
-        self.epochs = int(ev.get("epochs") or 0)
-        self.steps_per_epoch = int(ev.get("steps_per_epoch") or 0)
+        phase = str(ev.get("phase") or "")
+        if phase != self.phase:
+            # Steps restart per phase: continue the x axis after the previous phase's last step.
+            # (A phase announced again, as a resume does, continues its own steps.)
+            self._phase_offset += self._phase_last_step
+            self._phase_last_step = 0
+        self.phase = phase
+        self.epochs = max(0, _or(as_int(ev.get("epochs")), self.epochs))
+        self.steps_per_epoch = max(0, _or(as_int(ev.get("steps_per_epoch")), self.steps_per_epoch))
         self.note_log(f"phase {self.phase}: {self.epochs} epochs x {self.steps_per_epoch} steps")
 
     def _on_step(self, ev: Event) -> None:
+        step = as_int(ev.get("step"))
+        if step is None:
+            self.note_log("ignored a step event without a numeric step")
+            return
         self.status = "running" if self.status == "starting" else self.status
         self.phase = str(ev.get("phase") or self.phase)
-        self.epoch = int(ev.get("epoch") or 0)
-        self.step = int(ev.get("step") or 0)
-        self.steps_per_epoch = int(ev.get("steps_per_epoch") or self.steps_per_epoch)
+        self.epoch = as_int(ev.get("epoch")) or self.epoch
+        self.step = step
+        self.steps_per_epoch = as_int(ev.get("steps_per_epoch")) or self.steps_per_epoch
         self.lr, self.loss = as_float(ev.get("lr")), as_float(ev.get("loss"))
         self.samples_per_s, self.eta_s = as_float(ev.get("samples_per_s")), as_float(ev.get("eta_s"))
         self._phase_last_step = self.step
         x = float(self._phase_offset + self.step)
         prefix = "teacher " if self.phase == "teacher" else ""
-        terms = dict(ev.get("terms") or {})
+        terms = ev.get("terms")
+        terms = dict(terms) if isinstance(terms, dict) else {}
         if self.loss is not None and "total" not in terms:
             terms = {"total": self.loss, **terms}
         for term, value in terms.items():
             y = as_float(value)
             if y is not None:
-                xs, ys = self.losses.setdefault(prefix + term, ([], []))
-                xs.append(x)
-                ys.append(y)
+                self.losses.setdefault(prefix + str(term), Series()).append(x, y)
 
     def _on_eval(self, ev: Event) -> None:
-        epoch = float(ev.get("epoch") or 0)
+        epoch = as_float(ev.get("epoch"))
+        if epoch is None:
+            self.note_log("ignored an eval event without a numeric epoch")
+            return
         teacher_phase = ev.get("phase") == "teacher"
         for key in ("student", "fused", "teacher"):
             y = as_float(ev.get(f"{key}_top1"))
             if y is None:
                 continue
             series = "teacher training" if teacher_phase and key == "teacher" else key
-            xs, ys = self.accs.setdefault(series, ([], []))
-            xs.append(epoch)
-            ys.append(y)
+            self.accs.setdefault(series, Series()).append(epoch, y)
             if key == "student" and not teacher_phase:
                 self.best_top1 = y if self.best_top1 is None else max(self.best_top1, y)
 
     def _on_checkpoint(self, ev: Event) -> None:
-        best = " (best)" if ev.get("best") else ""
+        best = " (best)" if ev.get("best") is True else ""
         self.note_log(f"checkpoint epoch {ev.get('epoch')}{best}: {ev.get('path')}")
 
     def _on_finished(self, ev: Event) -> None:
         self.final = ev
         self.status = "stopped" if ev.get("reason") == "stopped" else "completed"
-        best = ev.get("best") or {}
+        best = ev.get("best")
         top1 = as_float(best.get("student_top1")) if isinstance(best, dict) else None
         if top1 is not None:
             self.best_top1 = top1
@@ -157,8 +282,8 @@ class RunState:
 
     # --- outside the event stream ---------------------------------------------------------
     def note_log(self, text: str) -> None:
-        """Append a line to the log pane's buffer."""
-        self.log.append(text)
+        """Append a line to the log pane's buffer (cut to LOG_LINE_CHARS, control characters replaced)."""
+        self.log.append(clean_log_text(text))
         self.log_seq += 1
         self.version += 1
 
@@ -171,15 +296,21 @@ class RunState:
             # Exited cleanly without a final event: treat as stopped rather than invent a result.
             self.status = "stopped"
             return
-        tail = [ln for ln in stderr_tail if ln.strip()][-3:]
-        self.mark_crashed(f"the engine exited with code {returncode} without a final event",
-                          " / ".join(tail))
+        tail = [clean_log_text(ln) for ln in stderr_tail if ln.strip()][-3:]
+        self.mark_crashed(exit_message(returncode),
+                          "stderr: " + " / ".join(tail) if tail else "it printed nothing on stderr")
 
     def mark_crashed(self, message: str, hint: str = "") -> None:
         self.status = "crashed"
         self.error, self.hint = message, hint
         self.version += 1
         self.note_log(f"crashed: {message}")
+
+    def mark_lost(self, message: str, hint: str = "") -> None:
+        """The TUI can no longer follow the run (its folder is gone); the run itself may go on."""
+        self.status = "lost"
+        self.error, self.hint = message, hint
+        self.note_log(f"lost: {message}")
 
     @property
     def is_final(self) -> bool:
@@ -200,6 +331,9 @@ def ema(values: list[float], alpha: float = 0.1) -> list[float]:
         acc = v if acc is None else alpha * v + (1 - alpha) * acc
         out.append(acc)
     return out
+
+
+HANDLERS = {name[len("_on_"):]: fn for name, fn in vars(RunState).items() if name.startswith("_on_")}
 
 
 def replay(events_path: str | Path) -> RunState:

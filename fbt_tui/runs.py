@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .engine_client import pid_alive
-from .run_state import RunState, replay
+from .run_state import RunState, as_float, replay
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,21 @@ def derive_status(state: RunState) -> str:
     return "crashed"
 
 
-def summarize(run_dir: Path) -> RunSummary:
-    """Summarise one run folder from its events.jsonl (a folder without one reads as crashed)."""
+def summarize(run_dir: Path) -> RunSummary | None:
+    """Summarise one run folder from its events.jsonl (a folder without one reads as crashed).
+
+    None when the folder vanished or cannot be read while being scanned.
+    """
     events = run_dir / "events.jsonl"
-    state = replay(events) if events.is_file() else RunState(name=run_dir.name, run_dir=run_dir)
-    duration = state.final.get("duration_s") if state.final is not None else None
+    try:
+        state = replay(events) if events.is_file() else RunState(name=run_dir.name, run_dir=run_dir)
+    except OSError:
+        return None
+    duration = as_float(state.final.get("duration_s")) if state.final is not None else None
     return RunSummary(
         name=run_dir.name, path=run_dir, status=derive_status(state), teacher=state.teacher,
         student=state.student, method=state.method, best_top1=state.best_top1,
-        duration_s=float(duration) if isinstance(duration, (int, float)) else (state.t or None),
-        pid=state.pid)
+        duration_s=duration if duration is not None else (state.t or None), pid=state.pid)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -65,18 +70,21 @@ def is_run_dir(path: Path) -> bool:
 
 
 def scan_runs(runs_dir: str | Path) -> list[RunSummary]:
-    """Every run folder directly under `runs_dir`, sorted by name."""
+    """Every run folder directly under `runs_dir`, sorted by name (folders deleted meanwhile are left out)."""
     root = Path(runs_dir)
-    if not root.is_dir():
+    try:
+        folders = sorted(p for p in root.iterdir() if is_run_dir(p))
+    except OSError:  # missing, or deleted while listed
         return []
-    return [summarize(p) for p in sorted(root.iterdir()) if is_run_dir(p)]
+    return [s for s in map(summarize, folders) if s is not None]
 
 
-def format_duration(seconds: float | None) -> str:
-    """`1h02m`, `3m05s`, `12s`; empty when unknown."""
-    if seconds is None:
+def format_duration(seconds: object) -> str:
+    """`1h02m`, `3m05s`, `12s`; empty when unknown (or not a finite number)."""
+    value = as_float(seconds)
+    if value is None:
         return ""
-    s = int(round(seconds))
+    s = int(round(value))
     if s >= 3600:
         return f"{s // 3600}h{(s % 3600) // 60:02d}m"
     if s >= 60:

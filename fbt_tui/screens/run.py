@@ -7,6 +7,7 @@ repaints a few times per second and keys are answered between repaints.
 
 from __future__ import annotations
 
+from rich.markup import escape
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Log, ProgressBar, Static
@@ -21,7 +22,7 @@ from .base import FbtScreen
 
 REDRAW_S = 0.25
 STATUS_STYLE = {"running": "bold green", "completed": "bold cyan", "stopped": "bold yellow",
-                "failed": "bold red", "crashed": "bold red", "starting": "bold"}
+                "failed": "bold red", "crashed": "bold red", "lost": "bold red", "starting": "bold"}
 
 
 def fmt(value: float | None, spec: str, unit: str = "") -> str:
@@ -29,20 +30,29 @@ def fmt(value: float | None, spec: str, unit: str = "") -> str:
 
 
 def status_text(state: RunState) -> str:
-    """The three status lines above the charts (Rich markup)."""
+    """The three status lines above the charts (Rich markup; text from the run is escaped)."""
     style = STATUS_STYLE.get(state.status, "bold")
-    phase = f"  phase {state.phase}" if state.phase else ""
+    phase = f"  phase {escape(state.phase)}" if state.phase else ""
     took = ""
-    if state.final is not None and state.final.get("duration_s") is not None:
+    if state.final is not None and format_duration(state.final.get("duration_s")):
         took = f"  took {format_duration(state.final.get('duration_s'))}"
-    line1 = f"[b]{state.name or '?'}[/b]  [{style}]{state.status}[/]{phase}  {state.method}  {state.device}{took}"
-    line2 = f"{state.teacher} -> {state.student}" if state.teacher else state.student
+    line1 = (f"[b]{escape(state.name or '?')}[/b]  [{style}]{state.status}[/]{phase}  "
+             f"{escape(state.method)}  {escape(state.device)}{took}")
+    line2 = escape(f"{state.teacher} -> {state.student}" if state.teacher else state.student)
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
     done, total = state.progress
     line3 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {format_duration(state.eta_s) or '-'}  "
              f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.1e')}  "
              f"loss {fmt(state.loss, '.4f')}  best {fmt(state.best_top1, '.2f', '%')}")
     return f"{line1}\n{line2}\n{line3}"
+
+
+def error_text(state: RunState) -> str:
+    """The error box: what went wrong, then the hint or the tail of stderr (Rich markup escaped)."""
+    text = f"{state.status}: {state.error}"
+    if state.hint:
+        text += f"\n{state.hint}" if state.hint.startswith("stderr:") else f"\nhint: {state.hint}"
+    return escape(text)
 
 
 def loss_series(state: RunState) -> list[Series]:
@@ -105,16 +115,17 @@ class RunScreen(FbtScreen):
 
     def _draw_progress(self, state: RunState) -> None:
         done, total = state.progress
+        if not total and state.is_final:
+            total = max(done, 1)  # an unknown total animates forever: a run that ended must not
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=total or None, progress=done)
 
     def _draw_error(self, state: RunState) -> None:
         box = self.query_one("#run-error", Static)
-        show = state.status in ("failed", "crashed") and bool(state.error)
+        show = state.status in ("failed", "crashed", "lost") and bool(state.error)
         box.set_class(not show, "hidden")
         if show:
-            hint = f"\nhint: {state.hint}" if state.hint else ""
-            box.update(f"{state.status}: {state.error}{hint}")
+            box.update(error_text(state))
 
     def _draw_log(self, state: RunState) -> None:
         new = min(state.log_seq - self._log_seq, len(state.log))

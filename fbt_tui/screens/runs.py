@@ -25,9 +25,10 @@ def overlay_series(runs: list[RunSummary], metric: str) -> list[Series]:
     """One series per run: student top-1 per epoch, or total loss per step."""
     out: list[Series] = []
     for run in runs:
-        if not run.events_path.is_file():
+        try:
+            state = replay(run.events_path)
+        except OSError:  # deleted since the scan
             continue
-        state = replay(run.events_path)
         xs, ys = (state.accs.get("student") if metric == "accuracy" else state.losses.get("total")) or ([], [])
         out.append((f"{run.name} ({run.method})", xs, ys))
     return out

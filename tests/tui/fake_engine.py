@@ -5,6 +5,9 @@ Commands: models --json | fuse T S --json [...] | run PRESET --jsonl [--name N] 
           | resume RUN_DIR --jsonl | validate PRESET.
 Run scenario: $FBT_FAKE_SCENARIO, else the preset's file name if it contains one of the scenario
 words (normal, fail, crash, fast, slow). Delay between steps: $FBT_FAKE_DELAY seconds.
+Fault scenarios: segv (dies of SIGSEGV mid-run), orphan (SIGKILLs itself while a grandchild holds
+its pipes), garbage (MALFORMED lines on stdout and in events.jsonl, then a torn last line), flood
+($FBT_FAKE_RATE step events per second for $FBT_FAKE_SECONDS seconds).
 Stdlib plus fbt_engine.events/config only (no torch), so it starts in a blink.
 """
 
@@ -99,6 +102,32 @@ def fuse(args: list[str]) -> dict:
             "mult_adds": 2_345_678_901, "summary": summary}
 
 
+def _ev(type: str, **data) -> bytes:
+    return json.dumps({"v": 1, "type": type, "run": "quick", "t": 1.0, **data}).encode()
+
+
+# Lines a reader must survive: each is shown as log text or ignored (see test_tui_faults.py).
+MALFORMED = [
+    b"garbage text, not json at all",
+    b"invalid utf-8: \xff\xfe\xc3\x28 end",
+    b"{" + b"x" * 1_000_000,  # a 1 MB line
+    b"[1, 2, 3]", b'"just a string"', b"null", b"42", b'{"no_type": true}',
+    b"\x1b[2J\x1b[31mterminal escapes\x07",
+    b"[/b] [bold red]rich markup[/] [link=x]",
+    _ev("wibble", data=[1, 2]),  # an unknown event type
+    b'{"v":"x","type":"log","run":5,"t":"soon","level":"warn","message":{"a":1}}',
+    _ev("step", phase="distill", epoch=1, step="abc", loss=1.0),
+    _ev("step", phase="distill", epoch="x", step=1, steps_per_epoch={}, loss="nan", terms=[1, 2]),
+    _ev("step", phase="distill", epoch=1, step=2, loss=None, terms="abc", lr="fast", eta_s=[1]),
+    _ev("step", phase="distill", epoch=1, step=3, loss="1e999", terms={"ce": "nan", "kd": None}),
+    _ev("eval", phase="distill", epoch="abc", student_top1=50.0),
+    _ev("eval", phase="distill", epoch=1, student_top1="x", fused_top1=[1], teacher_top1={}),
+    _ev("checkpoint", path=None, epoch=[], best="yes"),
+    _ev("phase", phase="distill", epochs="many", steps_per_epoch=None),
+]
+TORN = b'{"v":1,"type":"step","run":"quick","t":9.9,"ste'
+
+
 class Out:
     """Writes each event to events.jsonl and stdout; survives the TUI closing its pipe."""
 
@@ -107,12 +136,16 @@ class Out:
 
     def emit(self, type: str, **data) -> None:
         line = encode(Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 3), data=data))
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
+        self.raw(line.encode("utf-8"))
+
+    def raw(self, data: bytes) -> None:
+        """Write bytes as they are (malformed lines, torn halves) to the file and stdout."""
+        with open(self.path, "ab") as fh:
+            fh.write(data)
         if self.stdout_ok:
             try:
-                sys.stdout.write(line)
-                sys.stdout.flush()
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
             except (BrokenPipeError, OSError):
                 self.stdout_ok = False  # the TUI left: keep going, write the file only
 
@@ -123,6 +156,50 @@ def scenario_of(preset: str) -> str:
         return env
     stem = Path(preset).stem
     return next((s for s in ("fail", "crash", "fast", "slow") if s in stem), "normal")
+
+
+def step_event(out: Out, step: int, steps: int, epochs: int, delay: float, **extra) -> None:
+    loss = 3.0 / (1 + 0.1 * step)
+    out.emit("step", phase="distill", epoch=(step - 1) // steps + 1, step=step, steps_per_epoch=steps,
+             lr=1e-3 * (1 - step / (epochs * steps + 1)), loss=round(loss * 1.6, 5),
+             terms={"ce": round(loss, 5), "ofa/t->s": round(loss * 0.4, 5), "nce/f->s": round(loss * 0.2, 5)},
+             samples_per_s=1234.5, eta_s=round((epochs * steps - step) * delay, 2), **extra)
+
+
+def fault(out: Out, scenario: str, step: int) -> None:
+    """The fault scenarios' misbehaviour at `step` of epoch 2 (nothing for other scenarios)."""
+    if scenario == "segv" and step == 10:
+        print("about to touch freed memory", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if scenario == "orphan" and step == 10:
+        import subprocess  # a grandchild that inherits stdout/stderr and outlives us for a while
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(8)"])
+        print("worker started; now the engine dies", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    if scenario == "garbage" and step == 10:
+        for line in MALFORMED:
+            out.raw(line + b"\n")
+        whole = encode(Event(type="log", run=out.run, t=1.0, data={"level": "info", "message": "joined halves"}))
+        out.raw(whole[:20].encode())  # one event written in two halves: read as one line
+        time.sleep(0.3)
+        out.raw(whole[20:].encode())
+
+
+def flood(out: Out, cfg: dict) -> None:
+    """Step events at $FBT_FAKE_RATE per second for $FBT_FAKE_SECONDS, on an absolute schedule."""
+    rate, seconds = float(os.environ.get("FBT_FAKE_RATE", "1000")), float(os.environ.get("FBT_FAKE_SECONDS", "30"))
+    total = int(rate * seconds)
+    out.emit("started", config=cfg, method="fbt", teacher="swin_tiny_patch4_window7_224", student="resnet18",
+             device="cpu", world_size=1, params={}, pid=os.getpid(), resumed=False)
+    out.emit("phase", phase="distill", epochs=1, steps_per_epoch=total)
+    t0 = time.monotonic()
+    for step in range(1, total + 1):
+        if step % 10 == 0 and (ahead := t0 + step / rate - time.monotonic()) > 0:
+            time.sleep(ahead)
+        step_event(out, step, total, 1, 1 / rate)
+        if STOP:
+            return finish(out, "stopped", (0, 0.0), 1, t0)
+    finish(out, "completed", (0, 0.0), 1, t0)
 
 
 def read_preset(path: str) -> dict:
@@ -160,13 +237,9 @@ def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: boo
                       "RuntimeError: CUDA error: an illegal memory access was encountered",
                       file=sys.stderr, flush=True)
                 os._exit(1)
+            fault(out, scenario, step)
             time.sleep(delay)
-            loss = 3.0 / (1 + 0.1 * step)
-            out.emit("step", phase="distill", epoch=epoch, step=step, steps_per_epoch=steps,
-                     lr=1e-3 * (1 - step / (epochs * steps + 1)), loss=round(loss * 1.6, 5),
-                     terms={"ce": round(loss, 5), "ofa/t->s": round(loss * 0.4, 5),
-                            "nce/f->s": round(loss * 0.2, 5)},
-                     samples_per_s=1234.5, eta_s=round((epochs * steps - step) * delay, 2))
+            step_event(out, step, steps, epochs, delay)
             if STOP:
                 return finish(out, "stopped", best, epoch, t0)
         top1 = round(40 + 50 * (1 - 1 / (1 + epoch)), 2)
@@ -177,6 +250,8 @@ def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: boo
         out.emit("checkpoint", path=str(out.path.parent / "checkpoints" / "last.pt"), epoch=epoch, best=is_best)
         print(f"epoch {epoch}/{epochs} student top1 {top1}", file=sys.stderr, flush=True)
     finish(out, "completed", best, epochs, t0)
+    if scenario == "garbage":
+        out.raw(TORN)  # the process ends in the middle of a line
 
 
 def finish(out: Out, reason: str, best: tuple[int, float], epoch: int, t0: float) -> None:
@@ -198,7 +273,8 @@ def run(args: list[str]) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(Path(preset).read_text(encoding="utf-8"), encoding="utf-8")
     print(f"run {name} in {run_dir}", file=sys.stderr, flush=True)
-    train(Out(name, run_dir / "events.jsonl"), cfg, scenario_of(preset))
+    out, scenario = Out(name, run_dir / "events.jsonl"), scenario_of(preset)
+    flood(out, cfg) if scenario == "flood" else train(out, cfg, scenario)
 
 
 def resume(args: list[str]) -> None:
