@@ -74,9 +74,8 @@ def prepare(cfg: C.RunConfig, source: str) -> Prepared:
     """Every check that needs no run folder, then the data set-up. Raises FBTError."""
     from . import preflight
     from .data import build_datasets, build_mixup
-    preflight.check_device(cfg.train.device, source)
+    preflight.check(cfg, source=source)  # before torch.distributed starts: its dry run must not gather
     rt = _runtime(cfg)
-    preflight.check(cfg, source=source)
     train_set, val_set, info = build_datasets(cfg.data, cfg.aug, cfg.seed)
     return Prepared(rt, train_set, val_set, info, build_mixup(cfg.aug, info.num_classes))
 
@@ -265,8 +264,16 @@ class Run:
         path = self.teacher_path()
         if path.is_file() or self.cfg.teacher.train is None:  # preflight ruled out a missing file
             return teacher, self._load_teacher(teacher, path) if path.is_file() else "pretrained"
+        from .checkpoint import WriteError
         from .locks import FileLock
-        lock = FileLock(path.with_name(path.name + ".lock")) if self.rt.rank == 0 else None
+        lock = None
+        if self.rt.rank == 0:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise WriteError(f"cannot create the teacher's folder {str(path.parent)!r}: {exc.strerror or exc}",
+                                 "set teacher.checkpoint to a path in a writable folder") from None
+            lock = FileLock(path.with_name(path.name + ".lock"))
         if lock is not None and not lock.wait(self.reporter.note, lambda: self.stop.requested,
                                               f"training the teacher {path}"):
             return teacher, "stopped"
@@ -366,8 +373,8 @@ class Run:
 def start(cfg: C.RunConfig, name: str | None = None, runs_dir: str | None = None, jsonl: bool = False,
           stop_when: Callable[[Any], bool] | None = None, source: str = "<preset>") -> tuple[int, Path]:
     """Check everything, set up the data, then create a fresh run folder for `cfg` and run it."""
-    cfg = C.replace(cfg, name=name or cfg.name, runs_dir=runs_dir or cfg.runs_dir)
-    C.validate(cfg, "the command line" if name or runs_dir else source)  # --name is user input too
+    cfg = C.replace(cfg, name=cfg.name if name is None else name, runs_dir=cfg.runs_dir if runs_dir is None else runs_dir)
+    C.validate(cfg, source if name is None and runs_dir is None else "the command line")  # --name is user input too
     prep = _announce_failure(lambda: prepare(cfg, source), cfg.name, jsonl)
     run_dir = _main_rank_decides(lambda: _new_run_dir(cfg))
     lock = _locked(run_dir, prep.rt.rank)
