@@ -81,11 +81,11 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
     offline = C.replace(cfg, teacher=C.replace(cfg.teacher, pretrained=False, checkpoint=""),
                         student=C.replace(cfg.student, pretrained=False, checkpoint=""))
     with torch.device("meta"):
-        student = _build("student", lambda: create_student(offline, num_classes), cfg.student.model)
+        student = _build("student", lambda: create_student(offline, num_classes), cfg.student.model, source)
         check_patch_grid(student, "student", cfg.data.img_size, source)
         teacher = None
         if cfg.method != "scratch":
-            teacher = _build("teacher", lambda: create_teacher(offline, num_classes), cfg.teacher.model)
+            teacher = _build("teacher", lambda: create_teacher(offline, num_classes), cfg.teacher.model, source)
             check_patch_grid(teacher, "teacher", cfg.data.img_size, source)
             if cfg.teacher.train is not None:
                 tt = cfg.teacher.train
@@ -94,7 +94,7 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
                                           epochs=tt.epochs, warmup_epochs=tt.warmup_epochs),
                                 "teacher.train")
         module = _build("pair", lambda: DistillModule(offline, student, teacher, num_classes),
-                        f"{cfg.teacher.model} -> {cfg.student.model}")
+                        f"{cfg.teacher.model} -> {cfg.student.model}", source)
         _check_training(module, cfg, source, num_classes, cfg.train, "train")
     report.ok(f"models build at {cfg.data.img_size}x{cfg.data.img_size}: "
               + (f"teacher {cfg.teacher.model}, " if teacher is not None else "")
@@ -109,18 +109,21 @@ def check_patch_grid(model: Any, what: str, img_size: int, source: str) -> None:
         if not (hasattr(module, "proj") and isinstance(patch, (tuple, list)) and patch and isinstance(patch[0], int)):
             continue
         if img_size % patch[0]:
-            fits = [n for n in range(max(8, img_size - 2 * patch[0]), img_size + 2 * patch[0] + 1) if n % patch[0] == 0]
+            fits = sorted((n for n in range(8, img_size + 2 * patch[0] + 1) if n % patch[0] == 0),
+                          key=lambda n: abs(n - img_size))
             raise ModelError(f"data.img_size = {img_size} in {source} is not a multiple of the {what}'s patch size "
                              f"{patch[0]}: the border pixels would be dropped silently",
                              f"use data.img_size = {' or '.join(map(str, fits[:2]))}, or change {what}.kwargs.patch_size")
         return
 
 
-def _build(what: str, make: Any, name: str) -> Any:
+def _build(what: str, make: Any, name: str, source: str = "<preset>") -> Any:
     try:
         return make()
-    except FBTError:
-        raise
+    except FBTError as exc:  # already a sentence about the model; say which key of which file
+        key = "the pair" if what == "pair" else f"`{what}.model`" if exc.message.startswith("unknown model") \
+            else f"`{what}.kwargs`"
+        raise type(exc)(f"{key} in {source}: {exc.message}", exc.hint) from None
     except Exception as exc:  # noqa: BLE001 - any failure to build is a user-facing model error
         text = str(exc).strip().splitlines()
         detail = text[0][:300] if text else type(exc).__name__
