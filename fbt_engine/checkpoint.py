@@ -93,11 +93,16 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     faults.point(f"saved:{path.name}")
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save `obj` to `path` atomically (see write_bytes_atomic)."""
+def serialize(obj: Any) -> bytes:
+    """torch.save into memory: a full disk then fails in our own write, with a clear error."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    write_bytes_atomic(buf.getbuffer().tobytes(), path)
+    return buf.getvalue()
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save `obj` to `path` atomically (see write_bytes_atomic)."""
+    write_bytes_atomic(serialize(obj), path)
 
 
 def atomic_copy(src: str | Path, dst: str | Path) -> None:

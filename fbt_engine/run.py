@@ -277,6 +277,8 @@ class Run:
         if lock is not None and not lock.wait(self.reporter.note, lambda: self.stop.requested,
                                               f"training the teacher {path}"):
             return teacher, "stopped"
+        if lock is not None:  # ours now: a `.tmp` beside the teacher is a killed writer's debris
+            path.with_name(f".{path.name}.tmp").unlink(missing_ok=True)
         try:
             if self._agree(float(path.is_file())):  # another run trained it while we waited
                 return teacher, self._load_teacher(teacher, path)
@@ -336,17 +338,19 @@ class Run:
         return loop.run()
 
     def _save(self, loop: Any, best: bool, ckpt_dir: Path, last_name: str) -> str:
-        from .checkpoint import atomic_copy, atomic_save
+        from .checkpoint import serialize, write_bytes_atomic
         if self.rt.rank != 0:
             return ""
         last = ckpt_dir / last_name
-        atomic_save({"version": 2, "config": C.to_dict(self.cfg), "config_hash": C.config_hash(self.cfg),
-                     "teacher_digest": self.teacher_digest, "elapsed": time.monotonic() - self.started,
-                     **loop.state_dict()}, last)
+        data = serialize({"version": 2, "config": C.to_dict(self.cfg), "config_hash": C.config_hash(self.cfg),
+                          "teacher_digest": self.teacher_digest, "elapsed": time.monotonic() - self.started,
+                          **loop.state_dict()})
         if best and loop.phase.name == "distill":
-            atomic_copy(last, ckpt_dir / "best.pt")
-            return str(ckpt_dir / "best.pt")
-        return str(last)
+            # best.pt first: a kill between the two writes leaves last.pt one epoch behind, so the
+            # resumed run redoes that epoch and writes best.pt again (the other order loses it)
+            write_bytes_atomic(data, ckpt_dir / "best.pt")
+        write_bytes_atomic(data, last)
+        return str(ckpt_dir / "best.pt") if best and loop.phase.name == "distill" else str(last)
 
     def _finish(self, reason: str, loop: Any) -> int:
         from .checkpoint import save_weights
@@ -444,6 +448,7 @@ def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], 
         raise TrainingError(f"{str(run_dir)!r} is not a run folder (it has no config.toml)",
                             "give a folder under runs/, e.g. runs/quickstart")
     lock = _locked(run_dir, int(os.environ.get("RANK", "0")))
+    _remove_stale_tmp(run_dir)
     try:
         cfg = C.load_preset(run_dir / "config.toml")
         if _completed(run_dir):
@@ -465,6 +470,13 @@ def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], 
     if found is not None:
         run.reporter.note(f"resuming from {found.name}")
     return run.execute()
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """A SIGKILL during a write leaves `.<name>.tmp`; with the folder's lock held, nobody else is
+    writing it, so it is debris."""
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("checkpoints/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
 
 
 def _completed(run_dir: Path) -> bool:
