@@ -18,6 +18,7 @@ import io
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -168,18 +169,25 @@ def _as_tuple(value: Any) -> Any:
 
 def _safe_torch_load(path: Path, what: str) -> Any:
     """torch.load with weights_only=True; every failure becomes a DamagedFile naming the file."""
+    from safetensors import SafetensorError  # torch.load reads a *.safetensors name with safetensors
     if path.stat().st_size == 0:
         raise DamagedFile(f"{what} {str(path)!r} is empty (0 bytes)", _damaged_hint(path))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": noise before the refusal below
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only" in str(exc):
+        if "GLOBAL" in str(exc):  # a class or function the weights-only unpickler does not allow
             raise DamagedFile(f"{what} {str(path)!r} holds Python objects other than weights, which could run code "
                               "when loaded; it was refused",
                               "only load files you trust as weights: re-export it as .safetensors or as a plain "
                               "state_dict of tensors") from None
+        if "Weights only" in str(exc) or "weights_only" in str(exc):  # a bad opcode: garbage, or a plain pickle
+            raise DamagedFile(f"{what} {str(path)!r} is damaged or not a PyTorch file (it is neither a torch.save "
+                              "archive nor weights); it was refused unread", _damaged_hint(path)) from None
         raise DamagedFile(f"{what} {str(path)!r} is damaged ({_first_line(exc)})", _damaged_hint(path)) from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError,
+            SafetensorError) as exc:
         raise DamagedFile(f"{what} {str(path)!r} is damaged or not a PyTorch file ({_first_line(exc)})",
                           _damaged_hint(path)) from None
 
@@ -194,11 +202,15 @@ def _damaged_hint(path: Path) -> str:
 
 
 CHECKPOINT_KEYS = ("phase", "state", "module", "optimizer", "rng", "config_hash")
+CHECKPOINT_TYPES = {"phase": str, "state": dict, "module": dict, "optimizer": dict, "rng": dict}
 
 
 def load(path: str | Path) -> dict[str, Any]:
     """Load one of our own run checkpoints (weights-only: a crafted file never runs code)."""
     path = Path(path)
+    if path.is_dir():
+        raise TrainingError(f"checkpoint {str(path)!r} is a directory, not a checkpoint file",
+                            f"move the folder {path.name} out of the way (the next save writes a file there)")
     if not path.is_file():
         raise TrainingError(f"checkpoint {str(path)!r} does not exist",
                             "give a run folder that has checkpoints/last.pt (runs are under runs/)")
@@ -207,26 +219,40 @@ def load(path: str | Path) -> dict[str, Any]:
     if missing:
         raise DamagedFile(f"checkpoint {str(path)!r} is not an fbt-engine run checkpoint (no {', '.join(missing)})",
                           _damaged_hint(path))
+    wrong = [k for k, kind in CHECKPOINT_TYPES.items() if not isinstance(ckpt[k], kind)]
+    if wrong or not all(isinstance(v, torch.Tensor) for v in ckpt["module"].values()):
+        raise DamagedFile(f"checkpoint {str(path)!r} is not an fbt-engine run checkpoint "
+                          f"({', '.join(wrong) or 'module'} of the wrong type)", _damaged_hint(path))
     return ckpt
 
 
 def load_first(paths: list[Path], note: Callable[[str], None] | None = None) -> tuple[Path | None, dict | None]:
     """The first of `paths` that exists and loads; damaged ones are skipped with a note.
 
-    Raises the last DamagedFile when files exist but none loads.
+    Raises a DamagedFile naming every damaged one when files exist but none loads, and a
+    TrainingError for a directory in a checkpoint's place (the next save could not replace it).
     """
-    error: DamagedFile | None = None
+    damaged: list[tuple[Path, DamagedFile]] = []
     for path in paths:
+        if path.is_dir():
+            load(path)
         if not path.is_file():
             continue
         try:
             return path, load(path)
         except DamagedFile as exc:
-            error = exc
+            damaged.append((path, exc))
             if note:
                 note(f"{exc.message}; trying the next checkpoint")
-    if error is not None:
-        raise error
+    if len(damaged) == 1:
+        raise damaged[0][1]
+    if damaged:
+        last, exc = damaged[-1]
+        others = ", ".join(p.name for p, _ in damaged[:-1])
+        raise DamagedFile(f"{exc.message}, and {others} {'is' if len(damaged) == 2 else 'are'} damaged too: "
+                          "no checkpoint loads",
+                          f"copy intact checkpoints into {str(last.parent)!r}, or delete the damaged ones to start "
+                          "this run over from its beginning") from None
     return None, None
 
 

@@ -26,15 +26,21 @@ def _locate(target: Path) -> tuple[Path, list[Path]]:
 
 
 def _load_student(student: Any, weights: Path) -> None:
-    from .checkpoint import load, load_weights
+    from .checkpoint import DamagedFile, load, load_weights
     if weights.suffix != ".pt":
         load_weights(student, weights, "student")
         return
     ckpt = load(weights)  # weights-only: a crafted checkpoint is refused, never run
     if ckpt.get("phase") != "distill":
         raise TrainingError(f"{str(weights)!r} is a teacher-phase checkpoint", "evaluate the run folder instead")
-    student.load_state_dict({k.removeprefix("student."): v for k, v in ckpt["module"].items()
-                             if k.startswith("student.")})
+    try:
+        student.load_state_dict({k.removeprefix("student."): v for k, v in ckpt["module"].items()
+                                 if k.startswith("student.")})
+    except RuntimeError as exc:  # missing keys or shapes: weights of another model (or a hand-edited file)
+        lines = str(exc).splitlines()
+        raise DamagedFile(f"checkpoint {str(weights)!r} does not hold this run's student: "
+                          f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}",
+                          "it comes from another run or was edited: evaluate the run folder it belongs to") from None
 
 
 def _first_loadable(student: Any, candidates: list[Path]) -> Path:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from .errors import FBTError
+
 PROTOCOL_VERSION = 1
 
 # The types this version emits. Readers must tolerate others.
@@ -77,7 +79,7 @@ def decode(line: str) -> Event | LogLine | None:
         return None
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: a line of thousands of nested brackets
         return LogLine(line.rstrip("\n"))
     if not isinstance(obj, dict) or "type" not in obj:
         return LogLine(line.rstrip("\n"))
@@ -98,9 +100,24 @@ def iter_events(lines: Iterable[str]) -> Iterator[Event | LogLine]:
 
 
 def read_events(path: str | Path) -> list[Event | LogLine]:
-    """Read a whole events.jsonl (a torn last line becomes a LogLine, never an exception)."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        return list(iter_events(fh))
+    """Read a whole events.jsonl (a torn last line becomes a LogLine, never an exception).
+
+    A file that cannot be read at all (a directory, no permission) is an FBTError naming it.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return list(iter_events(fh))
+    except OSError as exc:
+        raise FBTError(f"events file {str(path)!r} cannot be read: {exc.strerror or exc}",
+                       "it must be the run's events.jsonl text file; move whatever is there out of the way") from None
+
+
+def _open_append(path: str | Path) -> IO[str]:
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as exc:
+        raise FBTError(f"events file {str(path)!r} cannot be written: {exc.strerror or exc}",
+                       "it must be a writable text file in the run folder; move whatever is there out of the way") from None
 
 
 class Emitter:
@@ -115,7 +132,7 @@ class Emitter:
         self.listeners = listeners if enabled and listeners else []  # callables taking an Event
         self.t0 = time.monotonic() - t_offset  # a resumed run continues its clock
         self.enabled = enabled
-        self._file = open(path, "a", encoding="utf-8") if (path is not None and enabled) else None
+        self._file = _open_append(path) if (path is not None and enabled) else None
         self._stream = stream if enabled else None
 
     def emit(self, type: str, **data: Any) -> Event:
