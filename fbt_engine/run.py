@@ -380,7 +380,7 @@ def start(cfg: C.RunConfig, name: str | None = None, runs_dir: str | None = None
     cfg = C.replace(cfg, name=cfg.name if name is None else name, runs_dir=cfg.runs_dir if runs_dir is None else runs_dir)
     C.validate(cfg, source if name is None and runs_dir is None else "the command line")  # --name is user input too
     prep = _announce_failure(lambda: prepare(cfg, source), cfg.name, jsonl)
-    run_dir = _main_rank_decides(lambda: _new_run_dir(cfg))
+    run_dir = _announce_failure(lambda: _main_rank_decides(lambda: _new_run_dir(cfg)), cfg.name, jsonl)
     lock = _locked(run_dir, prep.rt.rank)
     cfg = C.replace(cfg, name=run_dir.name)
     return Run(cfg, run_dir, jsonl, prep, lock, stop_when=stop_when).execute(), run_dir
@@ -420,7 +420,15 @@ def _new_run_dir(cfg: C.RunConfig) -> Path:
     except OSError as exc:
         raise WriteError(f"cannot create a run folder under {str(runs)!r}: {exc.strerror or exc}",
                          "choose a writable folder with --runs-dir") from None
-    write_bytes_atomic(C.dumps(C.replace(cfg, name=path.name)).encode(), path / "config.toml")
+    try:
+        write_bytes_atomic(C.dumps(C.replace(cfg, name=path.name)).encode(), path / "config.toml")
+    except WriteError as exc:  # a folder without config.toml is no run (resume refuses it): leave nothing
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # someone put a file in it meanwhile: theirs, keep it
+        raise WriteError(exc.message, f"nothing was written (the empty folder {path.name} was removed): free space "
+                                      f"under {str(runs)!r} and start the run again") from None
     return path
 
 
@@ -447,7 +455,8 @@ def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], 
     if not (run_dir / "config.toml").is_file():
         raise TrainingError(f"{str(run_dir)!r} is not a run folder (it has no config.toml)",
                             "give a folder under runs/, e.g. runs/quickstart")
-    lock = _locked(run_dir, int(os.environ.get("RANK", "0")))
+    # on the stream too, so a TUI resuming a folder that is in use shows the holder's pid
+    lock = _announce_failure(lambda: _locked(run_dir, int(os.environ.get("RANK", "0"))), run_dir.name, jsonl)
     _remove_stale_tmp(run_dir)
     try:
         cfg = C.load_preset(run_dir / "config.toml")
