@@ -59,9 +59,10 @@ def _file_mode() -> int:
 def _write_error(path: Path, exc: OSError, size: int) -> WriteError:
     where = path.parent
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        kept = f"the previous version of {path.name} is intact" if path.is_file() else \
+            f"nothing was replaced ({path.name} did not exist yet)"
         return WriteError(f"the disk is full: could not write {str(path)!r} ({size / 2**20:.1f} MiB)",
-                          f"free space under {str(where)!r}; the previous version of {path.name} is intact, so the "
-                          "run can be resumed once there is room")
+                          f"free space under {str(where)!r}; {kept}, so the run can be resumed once there is room")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return WriteError(f"no permission to write {str(path)!r} ({exc.strerror})",
                           f"make {str(where)!r} writable, or choose another folder (--runs-dir, teacher.checkpoint)")

@@ -277,20 +277,31 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data file")
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
+def _unpickle(path: Path, keys: tuple[str, ...] = ("data", "fine_labels")) -> dict[str, Any]:
+    """One CIFAR pickle, read with `_ArraysOnly`, as a dict holding `keys`; anything else is a DataError."""
+    hint = "download the python version of CIFAR-100 again (data.download = true)"
     try:
         with open(path, "rb") as f:
-            return _ArraysOnly(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise DataError(f"CIFAR-100 file {str(path)!r} is damaged or holds more than data ({exc})",
-                        "download the python version of CIFAR-100 again (data.download = true)") from None
+            d = _ArraysOnly(f, encoding="latin1").load()
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle fails in many ways (overflow, codec, memory)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(f"CIFAR-100 file {str(path)!r} is damaged or holds more than data ({first})", hint) from None
+    d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in d.items()} if isinstance(d, dict) else d
+    if not isinstance(d, dict) or any(k not in d for k in keys):
+        raise DataError(f"CIFAR-100 file {str(path)!r} is not a CIFAR-100 pickle (it has no {', '.join(keys)})", hint)
+    return d
 
 
 def _cifar_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(N, 32, 32, 3) uint8 images and fine labels of one pickle file."""
-    d = _unpickle(folder / split)
-    images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), np.asarray(d["fine_labels"], dtype=np.int64)
+    d = _unpickle(folder / split, ("data", "fine_labels"))
+    try:
+        images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(d["fine_labels"], dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"CIFAR-100 file {str(folder / split)!r} holds malformed arrays ({exc})",
+                        "download the python version of CIFAR-100 again (data.download = true)") from None
+    return np.ascontiguousarray(images), labels
 
 
 @register_dataset("cifar100")
@@ -306,7 +317,7 @@ def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, 
             "unpack cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and set "
             "data.root to the folder holding cifar-100-python/, or set data.download = true (online)")
     (xtr, ytr), (xva, yva) = _cifar_split(folder, "train"), _cifar_split(folder, "test")
-    names = tuple(_unpickle(folder / "meta")["fine_label_names"])
+    names = tuple(_unpickle(folder / "meta", ("fine_label_names",))["fine_label_names"])
     train_tf, val_tf, mean, std = _resolve(data, aug, CIFAR100_MEAN, CIFAR100_STD)
     info = DatasetInfo("cifar100", len(names), mean, std, 3, len(xtr), len(xva), names)
     return ArrayDataset(xtr, ytr, train_tf), ArrayDataset(xva, yva, val_tf), info

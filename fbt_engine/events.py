@@ -132,20 +132,22 @@ class Emitter:
         self.listeners = listeners if enabled and listeners else []  # callables taking an Event
         self.t0 = time.monotonic() - t_offset  # a resumed run continues its clock
         self.enabled = enabled
+        self._path = Path(path) if path is not None else None
         self._file = _open_append(path) if (path is not None and enabled) else None
+        self._lost = False  # a write failed (disk full); retried at the next event that is not a step
         self._stream = stream if enabled else None
 
     def emit(self, type: str, **data: Any) -> Event:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)
         line = encode(event)
+        if self._lost and type != STEP:
+            self._reopen()
         if self._file is not None:
             try:
                 self._file.write(line)
                 self._file.flush()
-            except OSError:  # disk full: keep running (the stream still carries events), say so once
-                self._file = None
-                sys.stderr.write("warning: events.jsonl can no longer be written (disk full?); events go to the "
-                                 "stream only\n")
+            except OSError:  # disk full: keep running (the stream still carries events), retry later
+                self._drop_file()
         stream = self._stream  # a signal handler may detach it between the two calls
         if stream is not None:
             try:
@@ -156,6 +158,29 @@ class Emitter:
         for listener in self.listeners:
             listener(event)
         return event
+
+    def _drop_file(self) -> None:
+        try:
+            self._file.close()  # its unflushed buffer may fail again: that is the same lost line
+        except OSError:
+            pass
+        self._file = None
+        if not self._lost:
+            sys.stderr.write("warning: events.jsonl could not be written (disk full?); the stream still has every "
+                             "event, and the file is retried at the next checkpoint, eval or end\n")
+        self._lost = True
+
+    def _reopen(self) -> None:
+        """Append again after a failed write, starting on a fresh line (the failed one may be torn)."""
+        try:
+            with open(self._path, "rb") as raw:
+                torn = raw.seek(0, 2) > 0 and raw.seek(-1, 2) >= 0 and raw.read(1) != b"\n"
+            fh = open(self._path, "a", encoding="utf-8")
+            if torn:
+                fh.write("\n")
+            self._file, self._lost = fh, False
+        except OSError:
+            self._file = None
 
     def detach_stream(self) -> None:
         """Stop writing to the stream (its terminal closed); the file keeps every event."""

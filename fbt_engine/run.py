@@ -262,6 +262,9 @@ class Run:
         self._start_phase()
         teacher = create_teacher(self.cfg, num_classes)
         path = self.teacher_path()
+        if path.exists() and not path.is_file():
+            raise TrainingError(f"the teacher file {str(path)!r} is a directory", "remove it, or set teacher.checkpoint "
+                                "to a file path")
         if path.is_file() or self.cfg.teacher.train is None:  # preflight ruled out a missing file
             return teacher, self._load_teacher(teacher, path) if path.is_file() else "pretrained"
         from .checkpoint import WriteError
@@ -457,8 +460,8 @@ def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], 
                             "give a folder under runs/, e.g. runs/quickstart")
     # on the stream too, so a TUI resuming a folder that is in use shows the holder's pid
     lock = _announce_failure(lambda: _locked(run_dir, int(os.environ.get("RANK", "0"))), run_dir.name, jsonl)
-    _remove_stale_tmp(run_dir)
     try:
+        _remove_stale_tmp(run_dir)
         cfg = C.load_preset(run_dir / "config.toml")
         if _completed(run_dir):
             raise TrainingError(f"run {str(run_dir)!r} has already completed",
@@ -469,11 +472,11 @@ def resume(run_dir: str | Path, jsonl: bool = False, stop_when: Callable[[Any], 
             raise TrainingError(f"the checkpoint {str(found)!r} was written by another configuration",
                                 "config.toml was edited after the run started; restore it or start a new run")
         prep = _announce_failure(lambda: prepare(cfg, str(run_dir / "config.toml")), cfg.name, jsonl)
+        run = Run(cfg, run_dir, jsonl, prep, lock, resume=state or {}, stop_when=stop_when)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-    run = Run(cfg, run_dir, jsonl, prep, lock, resume=state or {}, stop_when=stop_when)
     for note in notes:
         run.reporter.note(note)
     if found is not None:

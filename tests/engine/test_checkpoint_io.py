@@ -97,3 +97,24 @@ def test_a_waiting_lock_gives_up_when_a_stop_is_requested(tmp_path):
     assert notes and "pid" in notes[0] and "training the teacher" in notes[0]
     holder.release()
     assert FileLock(tmp_path / "t.lock").wait(notes.append, lambda: False, "x", poll_s=0.01)
+
+
+def test_events_survive_a_full_disk_and_resume_on_a_fresh_line(tmp_path, monkeypatch, capsys):
+    from fbt_engine.events import Emitter, Event, read_events
+    path = tmp_path / "events.jsonl"
+    em = Emitter("r", path)
+    em.emit("step", step=1)
+    em._file.write('{"v":1,"type":"st')  # a write torn by a full disk ...
+    em._file.flush()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(em._file, "write", full)
+    em.emit("step", step=2)  # ... fails: the run goes on, the stream would still carry it
+    assert "could not be written" in capsys.readouterr().err
+    em.emit("step", step=3)  # steps do not retry the file
+    em.emit("finished", reason="completed")  # the end does
+    em.close()
+    events = [e for e in read_events(path) if isinstance(e, Event)]
+    assert [e.type for e in events] == ["step", "finished"]
+    assert events[-1].get("reason") == "completed"

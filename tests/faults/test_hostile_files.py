@@ -200,12 +200,7 @@ def _extra_damage(kind: str, path: Path, marker: Path) -> None:
         damage(path, kind, marker)
 
 
-# data.py's _unpickle puts the unpickler's multi-line message in its error (needs its first line only)
-DATA_FIX = pytest.mark.xfail(strict=True, reason="needs the data.py fix in docs/reliability-files.md")
-LOADER_CASES = [pytest.param(ld, kind, id=f"{ld.name}-{kind}",
-                             marks=[DATA_FIX] if ld.name == "cifar100-pickle" and kind in ("hostile", "hostile-eval")
-                             else [])
-                for ld in LOADERS for kind in ld.damages]
+LOADER_CASES = [pytest.param(ld, kind, id=f"{ld.name}-{kind}") for ld in LOADERS for kind in ld.damages]
 
 
 def assert_names_file(exc: FBTError, path: Path) -> None:
@@ -324,13 +319,7 @@ CIFAR_BAD = {
     "unknown-codec": {"train": pickle.dumps(type("C", (), {"__reduce__": lambda self: (codecs.encode, ("x", "nosuch"))})(),
                                             protocol=2)},
 }
-# _unpickle returns whatever the pickle holds and catches only some errors: a wrong structure is a
-# KeyError/TypeError, a huge frame an OverflowError, an unknown codec a LookupError (exit 1)
-CIFAR_NEEDS_FIX = {"train-is-a-list", "train-dict-without-keys", "meta-without-names", "frame-length-huge",
-                   "unknown-codec"}
-
-
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=[DATA_FIX] if k in CIFAR_NEEDS_FIX else []) for k in CIFAR_BAD])
+@pytest.mark.parametrize("kind", list(CIFAR_BAD))
 def test_cifar_damaged_pickles_are_refused(kind: str, tmp_path):
     from fbt_engine.errors import DataError
     marker = tmp_path / "pwned"
