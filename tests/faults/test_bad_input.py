@@ -7,8 +7,7 @@ also run `fbt-engine validate`.
 
 `needs_preflight=True` marks cases that only fbt_engine/preflight.py (models built, optimizer,
 augmentation, device and teacher files checked before the run folder exists) catches;
-`needs_cli=True` marks `--name` cases that need `run` to validate the name it was given. Both fail
-until that code lands: they are deliberately neither skipped nor xfailed.
+`needs_cli=True` marks `--name` cases that need `run` to validate the name it was given.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One uninterrupted reference run of tests/data/tiny.toml (teacher 1 epoch x 4 steps, then FBT
 distillation 2 epochs x 4 steps, log_every=1, eval every epoch) is compared with, for each kill
 point in KILLS, a run killed there by `FBT_FAULT="POINT[@N]=kill"` (fbt_engine/faults.py) and then
-recovered the way a user would (see `recovery` below and docs/reliability-kills.md):
+recovered the way a user would (see `recovery` below and docs/reliability.md):
 
   * every (phase, step) of the final events.jsonl -- the LAST logged value of each step, since a
     resumed run repeats the steps after its last checkpoint -- has the reference's loss, terms and

@@ -15,7 +15,7 @@ once in a pool of two threads (this box has two cores); each test then waits for
 body runs in the pool (its asserts surface in the test). The in-process cases (divergence: huge lr,
 huge loss weight, weights poisoned after an optimiser step; events.jsonl/log.txt on a full disk) run
 in the test's own thread meanwhile (the engine's signal handlers need the main thread). About 2-3
-minutes on an idle 2-core box, ~4 on a busy one. docs/reliability-runtime.md lists what each case
+minutes on an idle 2-core box, ~4 on a busy one. docs/reliability.md ("Runtime faults") lists what each case
 shows.
 """
 
