@@ -337,11 +337,19 @@ HANDLERS = {name[len("_on_"):]: fn for name, fn in vars(RunState).items() if nam
 
 
 def replay(events_path: str | Path) -> RunState:
-    """Build a RunState from a whole events.jsonl (a finished or paused run)."""
+    """Build a RunState from a whole events.jsonl (a finished or paused run).
+
+    Raises OSError when the file cannot be read (deleted meanwhile, a directory): callers treat
+    that as a vanished run."""
+    from fbt_engine.errors import FBTError
     from fbt_engine.events import read_events
 
     path = Path(events_path)
     state = RunState(name=path.parent.name, run_dir=path.parent)
-    for item in read_events(path):
+    try:
+        items = read_events(path)
+    except FBTError as exc:
+        raise OSError(exc.message) from None
+    for item in items:
         state.apply(item)
     return state

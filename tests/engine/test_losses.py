@@ -442,9 +442,12 @@ def test_infonce_distributed_matches_global_batch(tmp_path) -> None:
     procs = [subprocess.Popen([sys.executable, str(script), str(r), str(tmp_path / "store"),
                                str(tmp_path / f"r{r}.pt")], env=env, stderr=subprocess.PIPE, text=True)
              for r in range(2)]
-    for p in procs:
+    for r, p in enumerate(procs):
         _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err[-2000:]
+        # gloo sometimes aborts in its own teardown, after the worker saved its result (seen under
+        # heavy load: "terminate called without an active exception", -6); anything else fails
+        teardown_abort = p.returncode == -6 and "without an active exception" in err and (tmp_path / f"r{r}.pt").is_file()
+        assert p.returncode == 0 or teardown_abort, err[-2000:]
     res = [torch.load(tmp_path / f"r{r}.pt") for r in range(2)]
 
     g = torch.Generator().manual_seed(0)
