@@ -113,10 +113,12 @@ class LossConfig:
     ce: float = 1.0
     kd: float = 1.0
     kd_temperature: float = 4.0
-    ofa: float = 1.0
-    ofa_eps: float = 1.0
+    ofa: float = 1.0  # OFA loss on final logits (fbt: per path; ofa: OFA-KD's --kd-loss-weight)
+    ofa_eps: float = 1.0  # final-logit eps (OFA-KD: 1.0 on CIFAR-100, 1.5 on ImageNet)
     ofa_temperature: float = 1.0
     ofa_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])  # OFA-KD branches
+    ofa_branch: float = 1.0  # method ofa: weight of the branch terms (OFA-KD's --ofa-loss-weight)
+    ofa_stage_eps: list[float] = field(default_factory=list)  # eps per ofa_stages entry; empty: ofa_eps
     nce: float = 1.0
     nce_dim: int = 256
     nce_tau_init: float = 0.07
@@ -428,7 +430,12 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     for s in cfg.loss.ofa_stages:
         if s not in (1, 2, 3, 4):
             raise ConfigError(f"`loss.ofa_stages` in {source} holds {s}", "stages are numbered 1 to 4")
-    for key in ("ce", "kd", "ofa", "nce", "fused_ce"):
+    if cfg.loss.ofa_stage_eps and len(cfg.loss.ofa_stage_eps) != len(cfg.loss.ofa_stages):
+        raise ConfigError(f"`loss.ofa_stage_eps` in {source} has {len(cfg.loss.ofa_stage_eps)} values for "
+                          f"{len(cfg.loss.ofa_stages)} `loss.ofa_stages`", "give one eps per stage, or none")
+    if any(e <= 0 for e in cfg.loss.ofa_stage_eps):
+        raise ConfigError(f"`loss.ofa_stage_eps` in {source} must hold values > 0", "OFA-KD uses 1.0 or 1.5")
+    for key in ("ce", "kd", "ofa", "ofa_branch", "nce", "fused_ce"):
         _positive(getattr(cfg.loss, key), f"loss.{key}", source, allow_zero=True)
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError(f"`data.root` is required for imagefolder in {source}",

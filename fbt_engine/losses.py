@@ -221,8 +221,9 @@ class Objective(nn.Module):
         smoothing = self.label_smoothing if target.ndim == 1 else 0.0
         return ce_loss(logits, target, smoothing)
 
-    def _ofa(self, student: Tensor, teacher: Tensor, target: Tensor) -> Tensor:
-        return ofa_loss(student, teacher, target, self.cfg.ofa_eps, self.cfg.ofa_temperature)
+    def _ofa(self, student: Tensor, teacher: Tensor, target: Tensor, eps: float | None = None) -> Tensor:
+        eps = self.cfg.ofa_eps if eps is None else eps
+        return ofa_loss(student, teacher, target, eps, self.cfg.ofa_temperature)
 
 
 LOSSES: dict[str, type[Objective]] = {}
@@ -281,12 +282,18 @@ class KDObjective(Objective):
 
 @register_method("ofa")
 class OFAObjective(Objective):
-    """OFA-KD: CE + OFA on the final logits (`ofa`) + OFA on each branch (`ofa/stage<k>`).
+    """OFA-KD: `ce * CE + ofa * L_OFA(final logits) + ofa_branch * sum_k L_OFA(branch k)`.
 
-    All OFA terms use the `ofa` weight (OFA-KD weighs the final-logit term with its own KD weight;
-    one weight keeps the preset small). Branch logits come from `OFABranches`, in the order of
-    `cfg.ofa_stages`; each branch is taught by the teacher's final logits.
+    As OFA-KD's `distillers/ofa.py` L121-139 (Hao840/OFAKD): the final-logit term (`ofa`, its
+    `--kd-loss-weight`, default 1) and the branch terms (`ofa_branch`, its `--ofa-loss-weight`,
+    default 1) have separate weights. The final term uses `ofa_eps`; branch k uses
+    `ofa_stage_eps[k]` (its per-stage `--ofa-eps` list) or `ofa_eps` when that list is empty.
+    Branch logits come from `OFABranches`, in the order of `cfg.ofa_stages`; every term is taught
+    by the teacher's final logits and logged unweighted (`ofa`, `ofa/stage<k>`).
     """
+
+    def stage_eps(self) -> list[float]:
+        return list(self.cfg.ofa_stage_eps) or [self.cfg.ofa_eps] * len(self.cfg.ofa_stages)
 
     def terms(self, out: Outputs) -> list[Term]:
         _need(out, "teacher_logits")
@@ -298,13 +305,15 @@ class OFAObjective(Objective):
             ("ce", self.cfg.ce, lambda: self._ce(out.student_logits, y)),
             ("ofa", self.cfg.ofa, lambda: self._ofa(out.student_logits, t, y)),
         ]
-        for stage, logits in zip(self.cfg.ofa_stages, branches):
-            terms.append((f"ofa/stage{stage}", self.cfg.ofa, lambda z=logits: self._ofa(z, t, y)))
+        for stage, eps, logits in zip(self.cfg.ofa_stages, self.stage_eps(), branches):
+            terms.append((f"ofa/stage{stage}", self.cfg.ofa_branch,
+                          lambda z=logits, e=eps: self._ofa(z, t, y, e)))
         return terms
 
     def term_names(self) -> list[str]:
-        names = ["ofa"] + [f"ofa/stage{s}" for s in self.cfg.ofa_stages] if self.cfg.ofa > 0 else []
-        return (["ce"] if self.cfg.ce > 0 else []) + names
+        names = ["ce"] if self.cfg.ce > 0 else []
+        names += ["ofa"] if self.cfg.ofa > 0 else []
+        return names + ([f"ofa/stage{s}" for s in self.cfg.ofa_stages] if self.cfg.ofa_branch > 0 else [])
 
 
 # Which side learns and which side teaches on each FBT path: (learner, target).

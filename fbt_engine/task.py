@@ -16,7 +16,7 @@ from .config import RunConfig
 from .fusion import FusedModel, build_fused, freeze, param_table, plan_fusion
 from .losses import Objective, Outputs, build_objective
 from .models import create_model
-from .ofa_branches import OFABranches, build_ofa_branches
+from .ofa_branches import OFABranches, build_ofa_branches, feature_width
 
 
 def _kwargs(model_cfg: Any) -> dict[str, Any]:
@@ -61,7 +61,8 @@ class DistillModule(nn.Module):
         if cfg.method == "ofa":
             infos = self.s.describe(cfg.data.img_size)[1:]
             self.branches = build_ofa_branches(cfg.loss, [(i.layout, i.shape) for i in infos], num_classes,
-                                               [i.num_prefix for i in infos])
+                                               feature_width(teacher), [i.num_prefix for i in infos],
+                                               feature_width(student))
         self.objective: Objective = build_objective(cfg.method, cfg.loss, dims, num_classes,
                                                     label_smoothing=cfg.aug.label_smoothing)
 

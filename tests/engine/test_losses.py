@@ -1,5 +1,5 @@
 """Losses: golden values from independent float64 references, gradchecks, detached target sides,
-method objectives (term names, weighting), and OFA branch shapes."""
+method objectives (term names, weighting)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from fbt_engine.config import LossConfig
 from fbt_engine.errors import ConfigError
 from fbt_engine.losses import (LOSSES, FBTObjective, InfoNCE, Outputs, build_objective, ce_loss,
                                kd_loss, ofa_loss)
-from fbt_engine.ofa_branches import OFABranches, build_ofa_branches
 
 N, C = 4, 5
 
@@ -283,18 +282,52 @@ def test_kd_objective() -> None:
 
 
 def test_ofa_objective() -> None:
-    cfg = LossConfig(ce=0.5, ofa=1.5, ofa_eps=1.5, ofa_stages=[2, 4])
+    # OFA-KD's weighting (distillers/ofa.py L121-139): the final-logit term and the branch terms
+    # have separate weights; each branch has its own eps, the final term uses `ofa_eps`.
+    cfg = LossConfig(ce=0.5, ofa=1.5, ofa_branch=0.7, ofa_eps=1.5, ofa_stages=[2, 4], ofa_stage_eps=[1.2, 2.0])
     obj = build_objective("ofa", cfg, DIMS, C)
     out = _outputs(branches=2)
     total, terms = obj(out)
     assert list(terms) == ["ce", "ofa", "ofa/stage2", "ofa/stage4"] == obj.term_names()
-    want = ofa_loss(out.branch_logits[1], out.teacher_logits, LABELS, 1.5, 1.0)
-    assert terms["ofa/stage4"].item() == pytest.approx(want.item())
-    _check_weighted_sum(total, terms, {"ce": 0.5, "ofa": 1.5})
+    t = out.teacher_logits
+    want = {"ce": ce_loss(out.student_logits, LABELS), "ofa": ofa_loss(out.student_logits, t, LABELS, 1.5),
+            "ofa/stage2": ofa_loss(out.branch_logits[0], t, LABELS, 1.2),
+            "ofa/stage4": ofa_loss(out.branch_logits[1], t, LABELS, 2.0)}
+    assert {k: v.item() for k, v in terms.items()} == pytest.approx({k: v.item() for k, v in want.items()})
+    weighted = 0.5 * want["ce"] + 1.5 * want["ofa"] + 0.7 * (want["ofa/stage2"] + want["ofa/stage4"])
+    assert total.item() == pytest.approx(weighted.item(), rel=1e-6)
+    assert all(not v.requires_grad for v in terms.values())
     total.backward()
     assert all(not _no_grad(b) for b in out.branch_logits) and _no_grad(out.teacher_logits)
     with pytest.raises(ValueError, match="branch logits"):
         obj(_outputs(branches=1))
+
+
+def test_ofa_objective_defaults_and_zero_weights() -> None:
+    cfg = LossConfig(ofa_stages=[1, 3])  # OFA-KD's defaults: weights 1, one eps for every term
+    assert (cfg.ce, cfg.ofa, cfg.ofa_branch, cfg.ofa_temperature, cfg.ofa_stage_eps) == (1.0, 1.0, 1.0, 1.0, [])
+    out = _outputs(branches=2)
+    total, terms = build_objective("ofa", cfg, DIMS, C)(out)
+    assert total.item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-6)
+    assert terms["ofa/stage3"].item() == pytest.approx(
+        ofa_loss(out.branch_logits[1], out.teacher_logits, LABELS, cfg.ofa_eps).item())
+    no_branch = build_objective("ofa", replace(cfg, ofa_branch=0.0), DIMS, C)
+    assert list(no_branch(out)[1]) == ["ce", "ofa"] == no_branch.term_names()
+    no_final = build_objective("ofa", replace(cfg, ofa=0.0), DIMS, C)
+    assert list(no_final(out)[1]) == ["ce", "ofa/stage1", "ofa/stage3"] == no_final.term_names()
+
+
+def test_ofa_stage_eps_validation() -> None:
+    from fbt_engine.config import RunConfig, validate
+    base = RunConfig(method="ofa")
+    base = replace(base, student=replace(base.student, model="resnet18"), teacher=replace(base.teacher, model="resnet18"))
+    validate(replace(base, loss=LossConfig(ofa_stage_eps=[1.0, 1.5, 1.5, 2.0])))
+    with pytest.raises(ConfigError, match="ofa_stage_eps"):
+        validate(replace(base, loss=LossConfig(ofa_stage_eps=[1.0, 1.5])))
+    with pytest.raises(ConfigError, match="ofa_stage_eps"):
+        validate(replace(base, loss=LossConfig(ofa_stages=[1], ofa_stage_eps=[0.0])))
+    with pytest.raises(ConfigError, match="ofa_branch"):
+        validate(replace(base, loss=LossConfig(ofa_branch=-1.0)))
 
 
 FBT_NAMES = ["ce", "ofa/t->f", "nce/t->f", "ofa/f->s", "nce/f->s", "ofa/t->s", "nce/t->s", "ce/fused"]
@@ -350,62 +383,7 @@ def test_fbt_missing_width_is_clear() -> None:
         build_objective("fbt", LossConfig(), {"student": 4, "teacher": 4}, C)
 
 
-# --- OFA branches ----------------------------------------------------------------------------
-
-def _params(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
-
-
-def test_ofa_branches_cnn_nchw() -> None:
-    specs = [("nchw", (8, 16, 16)), ("nchw", (16, 8, 8)), ("nchw", (32, 4, 4)), ("nchw", (64, 2, 2))]
-    br = build_ofa_branches(LossConfig(), specs, num_classes=10)
-    feats = [torch.randn(2, *s) for _, s in specs]
-    logits = br(feats)
-    assert [tuple(z.shape) for z in logits] == [(2, 10)] * 4
-    # stage 1 needs 3 stride-2 blocks to reach the 2x2 grid; the last stage needs none (one stride-1)
-    assert len(br.branches[0].blocks) == 3 and len(br.branches[3].blocks) == 1
-
-
-def test_ofa_branches_nhwc_subset() -> None:
-    specs = [("nhwc", (8, 8, 12)), ("nhwc", (4, 4, 24)), ("nhwc", (2, 2, 48)), ("nhwc", (1, 1, 96))]
-    br = OFABranches(specs, num_classes=7, stages=[1, 3])
-    feats = [torch.randn(3, *s) for _, s in specs]
-    assert [tuple(z.shape) for z in br(feats)] == [(3, 7), (3, 7)]
-    assert [tuple(z.shape) for z in br([feats[0], feats[2]])] == [(3, 7), (3, 7)]
-
-
-def test_ofa_branches_tokens_drop_prefix() -> None:
-    specs = [("tokens", (17, 16))] * 4
-    br = OFABranches(specs, num_classes=5, num_prefix=1)
-    feats = [torch.randn(2, 17, 16) for _ in specs]
-    out = br(feats)
-    assert [tuple(z.shape) for z in out] == [(2, 5)] * 4
-    # the prefix token is dropped: changing it does not change the logits
-    feats[0][:, 0] += 100.0
-    br.eval()
-    assert torch.allclose(br(feats)[0], out[0])
-    mixer = OFABranches([("tokens", (16, 8))] * 4, num_classes=5, stages=[4], num_prefix=[0, 0, 0, 0])
-    assert tuple(mixer([torch.randn(2, 16, 8)])[0].shape) == (2, 5)
-
-
-def test_ofa_branches_light_and_train() -> None:
-    # resnet18-like widths at 32x32: branches stay well under resnet18's ~11M parameters
-    specs = [("nchw", (64, 8, 8)), ("nchw", (128, 4, 4)), ("nchw", (256, 2, 2)), ("nchw", (512, 1, 1))]
-    br = OFABranches(specs, num_classes=10)
-    assert _params(br) < 1_500_000
-    obj = build_objective("ofa", LossConfig(), DIMS, 10)
-    feats = [torch.randn(2, *s) for _, s in specs]
-    out = Outputs(student_logits=torch.randn(2, 10, requires_grad=True), teacher_logits=torch.randn(2, 10),
-                  branch_logits=br(feats), target=torch.tensor([1, 2]))
-    obj(out)[0].backward()
-    assert all(p.grad is not None for p in br.parameters())
-
-
-def test_ofa_branches_bad_input() -> None:
-    with pytest.raises(ValueError, match="layout"):
-        OFABranches([("nlc", (4, 4))], num_classes=3)
-    with pytest.raises(ValueError, match="out of range"):
-        OFABranches([("tokens", (4, 4))], num_classes=3, stages=[2])
+# OFA-KD's projector branches: tests/engine/test_ofa_branches.py
 
 
 # --- InfoNCE under torch.distributed (2 CPU processes, gloo) ---------------------------------
