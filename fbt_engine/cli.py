@@ -96,7 +96,7 @@ def fuse(
     num_classes: Annotated[int, typer.Option(help="Classes of the task.")] = 1000,
     order: Annotated[str, typer.Option(help="auto | student-first | teacher-first")] = "auto",
     split: Annotated[int, typer.Option(help="Stages taken from the local model (1-3).")] = 3,
-    mixer: Annotated[str, typer.Option(help="L2G mixing: auto | attention | none")] = "auto",
+    mixer: Annotated[str, typer.Option(help="L2G mixing: auto | attention | swin | none")] = "auto",
     depth: Annotated[int, typer.Option(help="Depth of the torchinfo tree.")] = 2,
     teacher_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
     student_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
@@ -139,8 +139,8 @@ def _print_fuse(r: dict[str, Any]) -> None:
     con.print(f"  chain:      {plan['chain']}")
     l2g = plan["l2g"]
     con.print(f"  L2G:        {l2g['in_layout']} {l2g['in_grid']}x{l2g['in_channels']} -> {l2g['out_layout']} "
-              f"{l2g['out_grid']}x{l2g['out_channels']}; {l2g['resample']}, LayerNorm, mixer={l2g['mixer']}"
-              f"{' (%d heads)' % l2g['heads'] if l2g['mixer'] == 'attention' else ''}"
+              f"{l2g['out_grid']}x{l2g['out_channels']}; {l2g['resample']}, {l2g['norm']}, mixer={l2g['mixer']}"
+              f"{' (%d heads)' % l2g['heads'] if l2g['mixer'] in ('attention', 'swin') else ''}"
               f"{', class token + pos embed' if l2g['out_prefix'] else ''}")
     table = Table("parameters", "count", title=None)
     for key, value in r["params"].items():

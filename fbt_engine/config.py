@@ -402,7 +402,7 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     _choice(cfg.method, METHODS, "method", source)
     _choice(cfg.data.name, DATASETS, "data.name", source)
     _choice(cfg.fusion.order, ("auto", "student-first", "teacher-first"), "fusion.order", source)
-    _choice(cfg.fusion.mixer, ("auto", "attention", "none"), "fusion.mixer", source)
+    _choice(cfg.fusion.mixer, ("auto", "attention", "swin", "none"), "fusion.mixer", source)
     _choice(cfg.train.sched, ("cosine", "step", "none"), "train.sched", source)
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", source)
     _choice(cfg.train.channels_last, ("auto", "on", "off"), "train.channels_last", source)

@@ -148,9 +148,20 @@ class Adapter:
     def _info(self, name: str, x: torch.Tensor) -> StageInfo:
         return StageInfo(name, self.layout, tuple(x.shape[1:]), self.num_prefix if self.layout == "tokens" else 0)
 
+    def stage_attn(self, stage: int) -> nn.Module | None:
+        """The attention module of a stage's first block (MSA models), else None."""
+        return None
+
     def stage_heads(self, stage: int) -> int | None:
         """Attention heads of a stage's blocks (MSA models), else None."""
-        return None
+        attn = self.stage_attn(stage)
+        return int(attn.num_heads) if attn is not None else None
+
+    def stage_head_dim(self, stage: int) -> int | None:
+        """Width of one attention head in a stage's blocks (MSA models), else None."""
+        attn = self.stage_attn(stage)
+        qkv = getattr(attn, "qkv", None)
+        return qkv.out_features // 3 // int(attn.num_heads) if isinstance(qkv, nn.Linear) else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -64,8 +64,8 @@ class SwinAdapter(Adapter):
         self.stages = list(m.layers)
         self.final = m.norm
 
-    def stage_heads(self, stage: int) -> int | None:
-        return self.model.layers[stage - 1].blocks[0].attn.num_heads
+    def stage_attn(self, stage: int) -> nn.Module | None:
+        return self.model.layers[stage - 1].blocks[0].attn
 
 
 class _IsotropicAdapter(Adapter):
@@ -81,7 +81,8 @@ class _IsotropicAdapter(Adapter):
 
 @register_adapter("vit", modules=("vision_transformer", "deit"))
 class ViTAdapter(_IsotropicAdapter):
-    """ViT/DeiT with a class token, or with global_pool='avg' and no class token."""
+    """ViT/DeiT with a class token, or with global_pool='avg' and no class token; DeiT-distilled's
+    distillation token and register tokens count as prefix tokens."""
 
     kind = "msa"
 
@@ -90,7 +91,7 @@ class ViTAdapter(_IsotropicAdapter):
             return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
         self.stem = Part(stem, patch_embed=m.patch_embed, cls_token=m.cls_token, reg_token=m.reg_token,
-                         pos_embed=m.pos_embed, norm_pre=m.norm_pre)
+                         dist_token=getattr(m, "dist_token", None), pos_embed=m.pos_embed, norm_pre=m.norm_pre)
         self.stages = self._split_blocks(m.blocks)
         self.final = m.norm
         self.num_prefix = m.num_prefix_tokens
@@ -101,8 +102,8 @@ class ViTAdapter(_IsotropicAdapter):
             members["head_dist"] = self.model.head_dist
         return members
 
-    def stage_heads(self, stage: int) -> int | None:
-        return self.stages[stage - 1][0].attn.num_heads
+    def stage_attn(self, stage: int) -> nn.Module | None:
+        return self.stages[stage - 1][0].attn
 
 
 @register_adapter("mixer", modules=("mlp_mixer",))

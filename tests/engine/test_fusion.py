@@ -191,3 +191,170 @@ def test_grid_mismatch_is_bridged():
     assert plan.l2g.resample == "interp+conv1x1"
     t, s, plan, f = small_pair("resnet18", "vit_tiny_patch16_224", size=64)
     assert plan.l2g.in_grid == (4, 4) and plan.l2g.out_grid == (16, 16)
+
+
+# --- a CNN as G: L2G's output has G's own statistics (BatchNorm (+ReLU), calibrated) ------------
+
+def _warmed_teacher(name, images):
+    """A teacher whose BN running statistics are not the fresh 0/1: a few train-mode passes."""
+    t = create_model(name, img_size=images.shape[-1], num_classes=10)
+    t.train()
+    with torch.no_grad():
+        for chunk in images.split(32):
+            t(chunk)
+    return t.eval()
+
+
+def _digits(n=384, size=32):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images[:n], dtype=torch.float32)[:, None] / 16.0
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    return (x - x.mean()) / x.std()
+
+
+@pytest.mark.parametrize("pair", [("resnet18", "mobilenetv2_050"), ("resnet18", "resnet18"),
+                                  ("mobilenetv2_100", "resnet18"), ("resnet18", "convnext_nano")])
+def test_cnn_global_gets_its_own_input_statistics(pair):
+    tn, sn = pair
+    torch.manual_seed(0)
+    t = _warmed_teacher(tn, torch.randn(96, 3, 32, 32) * 0.7 + 0.3)
+    s = create_model(sn, img_size=32, num_classes=10)
+    plan, f = fuse(t, s, 32, teacher_name=tn, student_name=sn)
+    # ResNet's stage 3 ends in a ReLU, MobileNetV2's in a linear bottleneck
+    assert plan.l2g.norm == ("batchnorm+relu" if tn == "resnet18" else "batchnorm")
+    assert isinstance(f.l2g.norm, torch.nn.BatchNorm2d)
+    ta, la = get_adapter(t), get_adapter(s)
+    x = torch.randn(16, 3, 32, 32)
+    for train in (True, False):
+        f.train(train)
+        with torch.no_grad():
+            t_feat = ta.pooled(ta.forward_stages(x)[-1])
+            f_feat = f.forward_from(la.forward_stages(x, upto=3)[-1])[1]
+        ratio = (f_feat.norm(dim=1).mean() / t_feat.norm(dim=1).mean()).item()
+        assert 0.5 < ratio < 2.0, (train, ratio)  # the signed LayerNorm output gave ~6-7x
+        assert f_feat.std(0).mean() > 0.05 * f_feat.abs().mean()  # no collapse across the batch
+
+
+def test_non_cnn_global_keeps_layernorm():
+    for tn, sn in (("swin_pico_patch4_window7_224", "resnet18"), ("resnet18", "vit_tiny_patch16_224")):
+        t, s, plan, f = small_pair(tn, sn)
+        assert plan.l2g.norm == "layernorm" and isinstance(f.l2g.norm, torch.nn.LayerNorm)
+
+
+@pytest.mark.slow
+def test_cnn_to_cnn_infonce_learns_on_digits():
+    """T->F InfoNCE on real images (digits at 32px) falls clearly below chance (ln 32 = 3.47)
+    within 60 steps (3.02 over the last 5); with the LayerNorm L2G it stayed near chance."""
+    import math
+    from fbt_engine.losses import InfoNCE
+    torch.manual_seed(0)
+    x = _digits()
+    t = _warmed_teacher("resnet18", x[:128])
+    s = create_model("mobilenetv2_050", img_size=32, num_classes=10)
+    plan, f = fuse(t, s, 32, teacher_name="resnet18", student_name="mobilenetv2_050")
+    ta, la = get_adapter(t), get_adapter(s)
+    f.train()
+    nce = InfoNCE(512, 512)  # both pool ResNet-18's stage 4
+    params = [p for p in [*f.parameters(), *nce.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    g, losses = torch.Generator().manual_seed(0), []
+    for _ in range(60):
+        xb = x[torch.randint(0, len(x), (32,), generator=g)]
+        with torch.no_grad():
+            t_feat = ta.pooled(ta.forward_stages(xb)[-1])
+        loss = nce(f.forward_from(la.forward_stages(xb, upto=3)[-1])[1], t_feat)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < math.log(32) - 0.3, losses
+
+
+# --- G = the student: one BN update per step ---------------------------------------------------
+
+def test_teacher_first_updates_student_bn_once_per_step():
+    t = create_model("resnet18", img_size=32, num_classes=10)
+    s = create_model("mobilenetv2_050", img_size=32, num_classes=10)
+    plan, f = fuse(t, s, 32, order="teacher-first", teacher_name="resnet18", student_name="mobilenetv2_050")
+    assert plan.local == "teacher" and plan.global_ == "student"
+    f.train()
+    s.train()
+    bns = [m for m in f.tail.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    s_modules = {id(m) for m in s.modules()}
+    assert bns and all(id(m) in s_modules for m in bns)  # S's own BNs, shared by identity
+    before = [int(m.num_batches_tracked) for m in bns]
+    ta, sa = get_adapter(t), get_adapter(s)
+    x = torch.randn(4, 3, 32, 32)
+    for _ in range(2):  # the training step's order: T, S, then F from T's stage-3 activation
+        with torch.no_grad():
+            t_outs = ta.forward_stages(x)
+        s_outs = sa.forward_stages(x)
+        s_logits = sa.head(s_outs[-1])
+        f_logits, _ = f.forward_from(t_outs[2])
+        (s_logits.sum() + f_logits.sum()).backward()
+    assert [int(m.num_batches_tracked) for m in bns] == [b + 2 for b in before]  # +1 per step
+    assert all(m.track_running_stats for m in bns)
+    f.eval()  # evaluation: F uses S's running statistics
+    with torch.no_grad():
+        f.forward_from(t_outs[2])
+    assert [int(m.num_batches_tracked) for m in bns] == [b + 2 for b in before]
+
+
+# --- prefix tokens: distillation and register tokens --------------------------------------------
+
+@pytest.mark.parametrize("name,kw,n_prefix", [
+    ("deit_tiny_distilled_patch16_224", {"patch_size": 4}, 2),  # class + distillation token
+    ("vit_small_patch14_reg4_dinov2", {"patch_size": 4, "depth": 4}, 5),  # class + 4 registers
+    ("vit_little_patch16_reg4_gap_256", {"patch_size": 4, "depth": 4}, 4),  # 4 registers, no class token
+])
+def test_vit_global_gets_all_its_prefix_tokens(name, kw, n_prefix):
+    t = create_model("resnet18", img_size=32, num_classes=10)
+    s = create_model(name, img_size=32, num_classes=10, **kw)
+    torch.nn.init.normal_(s.head.weight, std=0.02)
+    plan, f = fuse(t, s, 32, teacher_name="resnet18", student_name=name)
+    assert plan.local == "teacher" and plan.l2g.out_prefix == n_prefix
+    own = torch.cat([p for p in (getattr(s, n, None) for n in ("cls_token", "dist_token", "reg_token"))
+                     if p is not None], dim=1)
+    torch.testing.assert_close(f.l2g.prefix_tokens.detach(), own.detach())
+    x = torch.randn(2, 3, 32, 32)
+    out = f(x)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert f.l2g.prefix_tokens.grad is not None
+    assert f.l2g(get_adapter(t).forward_stages(x, upto=3)[-1]).shape[1:] == get_adapter(s).describe(32)[3].shape
+    table = param_table(t, s, f)
+    assert table["new_learnable"] == count(f.l2g.parameters())
+
+
+# --- mixers and heads -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("combo", ["msa->cnn", "cnn->msa", "cnn->mlp", "cnn->cnn"])
+def test_swin_mixer_trains(combo):
+    from timm.models.swin_transformer import SwinTransformerBlock
+    t, s, plan, f = small_pair(*COMBOS[combo], mixer="swin")
+    assert plan.l2g.mixer == "swin" and isinstance(f.l2g.mixer, SwinTransformerBlock)
+    f.train()
+    out = f(torch.randn(2, 3, 32, 32))
+    out.sum().backward()
+    assert out.shape == (2, 10)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in f.l2g.mixer.parameters())
+    assert "swin" in plan.chain
+
+
+def test_mixer_heads_suit_the_l2g_width():
+    swin_t = model_224(SWIN_T, "teacher")
+    vit_t = model_224("vit_tiny_patch16_224", "student")
+    r18 = model_224(R18, "student")
+    plan = plan_fusion(swin_t, r18, 224, teacher_name=SWIN_T, student_name=R18)
+    assert plan.l2g.out_channels == 384 and plan.l2g.heads == 12  # Swin's head dim 32 (was 24 heads: 16)
+    plan = plan_fusion(r18, vit_t, 224, teacher_name=R18, student_name="vit_tiny_patch16_224")
+    assert plan.l2g.out_channels == 192 and plan.l2g.heads == 3  # ViT-T's own: head dim 64
+    plan = plan_fusion(swin_t, r18, 224, mixer="swin", teacher_name=SWIN_T, student_name=R18)
+    assert plan.l2g.window == 7 and plan.l2g.heads == 12
+
+
+def test_unknown_mixer_is_refused():
+    from fbt_engine.errors import ModelError
+    with pytest.raises(ModelError):
+        small_pair("swin_pico_patch4_window7_224", "resnet18", mixer="conv")
