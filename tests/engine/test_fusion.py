@@ -95,8 +95,10 @@ def small_pair(tn, sn, size=32, **kw):
     t = create_model(tn, img_size=size, num_classes=10, **SMALL[tn])
     s = create_model(sn, img_size=size, num_classes=10, **SMALL[sn])
     # timm zero-initialises some heads (Mixer, ViT): a trained teacher's is not, and a zero head
-    # would stop every gradient through F
+    # would stop every gradient through F in a one-step test (G may be the student: its head
+    # leaves zero after its first update, so give it a nonzero one too)
     torch.nn.init.normal_(t.get_classifier().weight, std=0.02)
+    torch.nn.init.normal_(s.get_classifier().weight, std=0.02)
     plan, f = fuse(t, s, size, teacher_name=tn, student_name=sn, **kw)
     return t, s, plan, f
 
