@@ -26,25 +26,7 @@ import numpy as np
 import torch
 
 from . import faults
-from .errors import FBTError, TrainingError
-
-
-class WriteError(FBTError):
-    """A file could not be written (disk full, permissions); the previous version is intact."""
-
-    kind = "write_error"
-
-
-class DamagedFile(FBTError):
-    """A checkpoint or weight file is truncated, corrupt, or holds something other than weights."""
-
-    kind = "damaged_file"
-
-
-class NonFiniteWeights(FBTError):
-    """Refused to save weights holding NaN/inf."""
-
-    kind = "nan_weights"
+from .errors import DamagedFile, NonFiniteWeights, TrainingError, WriteError
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -107,21 +89,19 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     write_bytes_atomic(serialize(obj), path)
 
 
-def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    write_bytes_atomic(Path(src).read_bytes(), dst)
-
-
 def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of floating-point tensors holding NaN/inf (one device sync for all of them)."""
     names = [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
     if not names:
         return []
-    flags = torch.stack([torch.isfinite(tensors[k]).all().to("cpu", non_blocking=False) for k in names])
+    device = tensors[names[0]].device  # flags gathered on the device, read back once
+    flags = torch.stack([torch.isfinite(tensors[k]).all().to(device) for k in names])
     return [k for k, ok in zip(names, flags.tolist()) if not ok]
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") -> None:
-    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads).
+def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") -> str:
+    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads);
+    returns the file's digest (as `file_digest` would give, without reading it back).
 
     Refuses weights holding NaN/inf: a diverged model is never exported.
     """
@@ -132,7 +112,9 @@ def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") 
         raise NonFiniteWeights(f"the {what} weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); "
                                f"{Path(path).name} was not written",
                                "lower the learning rate or enable train.grad_clip; the last good checkpoint is kept")
-    write_bytes_atomic(save(sd), path)
+    data = save(sd)
+    write_bytes_atomic(data, path)
+    return _digest(data)
 
 
 # --- RNG state (plain tensors and ints, so checkpoints load with weights_only=True) -----------
@@ -325,3 +307,7 @@ def file_digest(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

@@ -442,6 +442,15 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
                           "point it at a folder holding train/ and val/ class folders")
 
 
+def teacher_train_config(cfg: RunConfig) -> TrainConfig:
+    """The [train] settings the teacher phase runs with: [teacher.train] overrides them, no EMA."""
+    tt, tc = cfg.teacher.train, cfg.train
+    assert tt is not None, "only for presets with a [teacher.train] section"
+    return replace(tc, epochs=tt.epochs, optimizer=tt.optimizer, lr=tt.lr, min_lr=tt.min_lr,
+                   weight_decay=tt.weight_decay, warmup_epochs=tt.warmup_epochs, ema_decay=0.0,
+                   batch_size=tt.batch_size or tc.batch_size)
+
+
 # --- TOML and overrides -------------------------------------------------------------------
 
 def parse_value(text: str) -> Any:

@@ -39,3 +39,21 @@ class TrainingError(FBTError):
     """A run failed for a reason the user can act on (NaN loss, missing checkpoint)."""
 
     kind = "training_error"
+
+
+class WriteError(FBTError):
+    """A file could not be written (disk full, permissions); the previous version is intact."""
+
+    kind = "write_error"
+
+
+class DamagedFile(FBTError):
+    """A checkpoint or weight file is truncated, corrupt, or holds something other than weights."""
+
+    kind = "damaged_file"
+
+
+class NonFiniteWeights(FBTError):
+    """Refused to save weights holding NaN/inf."""
+
+    kind = "nan_weights"

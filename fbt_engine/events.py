@@ -174,7 +174,8 @@ class Emitter:
         """Append again after a failed write, starting on a fresh line (the failed one may be torn)."""
         try:
             with open(self._path, "rb") as raw:
-                torn = raw.seek(0, 2) > 0 and raw.seek(-1, 2) >= 0 and raw.read(1) != b"\n"
+                size = raw.seek(0, 2)  # end of file
+                torn = size > 0 and raw.seek(size - 1) >= 0 and raw.read(1) != b"\n"
             fh = open(self._path, "a", encoding="utf-8")
             if torn:
                 fh.write("\n")

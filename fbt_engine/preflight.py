@@ -39,11 +39,10 @@ def check(cfg: C.RunConfig, num_classes: int | None = None, source: str = "<pres
     report = Report()
     check_device(cfg.train.device, source)
     report.ok(f"device {cfg.train.device!r} is available")
-    n = num_classes or class_count(cfg)
-    _check_models(cfg, n, source, report)
+    models = _check_models(cfg, num_classes or class_count(cfg), source, report)
     check_augmentation(cfg, source)
     report.ok("augmentation settings build")
-    check_files(cfg, n, report)
+    check_files(cfg, models, report)
     check_writable(Path(cfg.runs_dir), "the runs folder (--runs-dir / runs_dir)")
     report.ok(f"runs folder {cfg.runs_dir!r} is writable")
     return report
@@ -73,11 +72,13 @@ def check_device(spec: str, source: str = "<preset>") -> None:
                           'set train.device = "cpu" or "auto"')
 
 
-def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Report) -> None:
+def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Report) -> dict[str, Any]:
     """Build teacher, student and the method's module on the meta device; run one forward; build
-    the optimiser and schedule. Catches unknown names, bad kwargs, sizes, unsupported pairs."""
+    the optimiser and schedule. Catches unknown names, bad kwargs, sizes, unsupported pairs.
+    Returns the meta teacher and student (check_files matches the weight files against them)."""
     import torch
     from .task import DistillModule, TeacherModule, create_student, create_teacher
+    # no hub download and no file read here: only the architectures
     offline = C.replace(cfg, teacher=C.replace(cfg.teacher, pretrained=False, checkpoint=""),
                         student=C.replace(cfg.student, pretrained=False, checkpoint=""))
     with torch.device("meta"):
@@ -88,18 +89,16 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
             teacher = _build("teacher", lambda: create_teacher(offline, num_classes), cfg.teacher.model, source)
             check_patch_grid(teacher, "teacher", cfg.data.img_size, source)
             if cfg.teacher.train is not None:
-                tt = cfg.teacher.train
-                _check_training(TeacherModule(teacher, cfg.aug.label_smoothing), cfg, source, num_classes,
-                                C.replace(cfg.train, optimizer=tt.optimizer, lr=tt.lr, min_lr=tt.min_lr,
-                                          epochs=tt.epochs, warmup_epochs=tt.warmup_epochs),
-                                "teacher.train")
+                _check_training(TeacherModule(teacher, cfg.aug.label_smoothing), cfg, source,
+                                C.teacher_train_config(cfg), "teacher.train")
         module = _build("pair", lambda: DistillModule(offline, student, teacher, num_classes),
                         f"{cfg.teacher.model} -> {cfg.student.model}", source)
-        _check_training(module, cfg, source, num_classes, cfg.train, "train")
+        _check_training(module, cfg, source, cfg.train, "train")
     report.ok(f"models build at {cfg.data.img_size}x{cfg.data.img_size}: "
               + (f"teacher {cfg.teacher.model}, " if teacher is not None else "")
               + f"student {cfg.student.model}, method {cfg.method}"
               + (f" (fused: {module.fused.plan.chain})" if getattr(module, "fused", None) is not None else ""))
+    return {"teacher": teacher, "student": student}
 
 
 def check_patch_grid(model: Any, what: str, img_size: int, source: str) -> None:
@@ -136,10 +135,9 @@ def _build(what: str, make: Any, name: str, source: str = "<preset>") -> Any:
                          "the image size)") from None
 
 
-def _check_training(module: Any, cfg: C.RunConfig, source: str, num_classes: int, tc: C.TrainConfig,
-                    section: str) -> None:
+def _check_training(module: Any, cfg: C.RunConfig, source: str, tc: C.TrainConfig, section: str) -> None:
     import torch
-    from .trainer import build_optimizer, build_scheduler
+    from .trainer import build_scheduler
     x = torch.zeros(2, 3, cfg.data.img_size, cfg.data.img_size)
     y = torch.zeros(2, dtype=torch.long)
     try:
@@ -150,16 +148,16 @@ def _check_training(module: Any, cfg: C.RunConfig, source: str, num_classes: int
         raise ModelError(f"one training step of method {cfg.method!r} fails at {cfg.data.img_size}x"
                          f"{cfg.data.img_size}: {detail}",
                          "check data.img_size against the models' patch/window sizes and the preset's kwargs") from None
-    check_optimizer(module, tc, source, section)
+    opt = check_optimizer(module, tc, source, section)
     try:
-        opt = build_optimizer(module, tc)
         build_scheduler(opt, tc, steps_per_epoch=10)
     except Exception as exc:  # noqa: BLE001
         raise ConfigError(f"the learning-rate schedule `{section}.sched` = {tc.sched!r} in {source} cannot be built: "
                           f"{exc}", "use cosine, step or none") from None
 
 
-def check_optimizer(module: Any, tc: C.TrainConfig, source: str, section: str = "train") -> None:
+def check_optimizer(module: Any, tc: C.TrainConfig, source: str, section: str = "train") -> Any:
+    """The optimizer `tc` names, built over `module`; a ConfigError naming the key when it cannot be."""
     from timm.optim import list_optimizers
     from .trainer import build_optimizer
     name = tc.optimizer.lower()
@@ -169,7 +167,7 @@ def check_optimizer(module: Any, tc: C.TrainConfig, source: str, section: str = 
         raise ConfigError(f"`{section}.optimizer` in {source} is {tc.optimizer!r}, which timm does not know",
                           (f"did you mean `{near[0]}`? " if near else "") + "common choices: sgd, adamw, lamb, lion")
     try:
-        build_optimizer(module, tc)
+        return build_optimizer(module, tc)
     except Exception as exc:  # noqa: BLE001 - e.g. fused/bnb optimisers need packages that are not installed
         raise ConfigError(f"`{section}.optimizer` = {tc.optimizer!r} in {source} cannot be created here: "
                           f"{(str(exc).splitlines() or [type(exc).__name__])[0]}",
@@ -188,13 +186,14 @@ def check_augmentation(cfg: C.RunConfig, source: str = "<preset>") -> None:
                           'or leave it empty') from None
 
 
-def check_files(cfg: C.RunConfig, num_classes: int, report: Report) -> None:
-    """Teacher/student files: present (or trainable here), weights-only readable, shapes fit."""
+def check_files(cfg: C.RunConfig, models: dict[str, Any], report: Report) -> None:
+    """Teacher/student files: present (or trainable here), weights-only readable, shapes fit the
+    (meta) `models` built by _check_models."""
     t = cfg.teacher
     if cfg.method != "scratch":
         path = Path(t.checkpoint) if t.checkpoint else None
         if path is not None and path.exists():
-            _check_weights_fit(cfg, "teacher", path, num_classes)
+            _check_weights_fit(models["teacher"], "teacher", path)
             report.ok(f"teacher weights {str(path)!r} fit {t.model}")
         elif t.train is not None:
             if path is not None:
@@ -207,19 +206,13 @@ def check_files(cfg: C.RunConfig, num_classes: int, report: Report) -> None:
                                 "give the path of a teacher trained on this dataset, add a [teacher.train] section "
                                 "to train it in this run, or set teacher.pretrained = true (needs internet)")
     if cfg.student.checkpoint:
-        _check_weights_fit(cfg, "student", Path(cfg.student.checkpoint), num_classes)
+        _check_weights_fit(models["student"], "student", Path(cfg.student.checkpoint))
         report.ok(f"student weights {cfg.student.checkpoint!r} fit {cfg.student.model}")
 
 
-def _check_weights_fit(cfg: C.RunConfig, what: str, path: Path, num_classes: int) -> None:
-    import torch
-    from .checkpoint import load_weights
-    from .task import create_student, create_teacher
-    offline = C.replace(cfg, teacher=C.replace(cfg.teacher, pretrained=False, checkpoint=""),
-                        student=C.replace(cfg.student, pretrained=False, checkpoint=""))
+def _check_weights_fit(model: Any, what: str, path: Path) -> None:
     import warnings
-    with torch.device("meta"):
-        model = (create_teacher if what == "teacher" else create_student)(offline, num_classes)
+    from .checkpoint import load_weights
     with warnings.catch_warnings():  # "copying into a meta parameter is a no-op": only names and shapes matter here
         warnings.simplefilter("ignore")
         load_weights(model, path, what)  # weights-only read; shapes and names checked against the model

@@ -287,9 +287,8 @@ class Run:
                 return teacher, self._load_teacher(teacher, path)
             outcome = self._train_teacher(teacher)
             if outcome == "completed" and self.rt.rank == 0:  # other ranks hold the same weights in memory
-                from .checkpoint import file_digest, save_weights
-                save_weights(teacher, path, "teacher")
-                self.teacher_digest = file_digest(path)
+                from .checkpoint import save_weights
+                self.teacher_digest = save_weights(teacher, path, "teacher")
                 self.reporter.note(f"teacher saved to {path}")
             return teacher, outcome
         finally:
@@ -310,10 +309,7 @@ class Run:
     def _train_teacher(self, teacher: Any) -> str:
         from .task import TeacherModule
         from .trainer import Phase
-        tt, tc = self.cfg.teacher.train, self.cfg.train
-        train_cfg = C.replace(tc, epochs=tt.epochs, optimizer=tt.optimizer, lr=tt.lr, min_lr=tt.min_lr,
-                              weight_decay=tt.weight_decay, warmup_epochs=tt.warmup_epochs, ema_decay=0.0,
-                              batch_size=tt.batch_size or tc.batch_size, grad_clip=tc.grad_clip)
+        train_cfg = C.teacher_train_config(self.cfg)
         module = TeacherModule(teacher, self.cfg.aug.label_smoothing)
         self._emit_started(module.params())
         phase = Phase("teacher", module, train_cfg, *self._loaders(train_cfg.batch_size))

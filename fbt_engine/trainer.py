@@ -225,9 +225,8 @@ class Loop:
 
     # --- state for checkpoints --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        trainable = {k: v for k, v in self.module.state_dict().items() if not k.startswith("teacher.")}
         return {
-            "phase": self.phase.name, "state": asdict(self.state), "module": trainable,
+            "phase": self.phase.name, "state": asdict(self.state), "module": self._trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -351,23 +350,29 @@ class Loop:
                           terms=dict(zip(names, values[1:])), samples_per_s=round(samples_per_s, 2),
                           eta_s=round(left * step_time, 1))
 
-    def _raise_if_nonfinite(self) -> None:
-        """Stop on a non-finite loss, or on non-finite weights after the optimiser step (one sync)."""
+    def _raise_if_nonfinite(self, before_save: bool = False) -> None:
+        """Stop on a non-finite loss, or on non-finite weights after the optimiser step (one sync).
+
+        At log points the trained parameters are scanned; before a save, every tensor the
+        checkpoint will hold (BatchNorm buffers too), so a diverged model is never saved.
+        """
         objective = getattr(self.phase.module, "objective", None)
         bad = self.watch.check(getattr(objective, "term_weights", None))
         if bad is not None:
             raise NonFiniteLoss(*bad)
-        params = [p for p in self.module.parameters() if p.requires_grad]
-        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-            raise NonFiniteLoss(self.state.step, "weights (NaN/inf after the optimiser step)")
+        tensors = self._trainable_state() if before_save else \
+            {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+        bad_names = nonfinite_tensors(tensors)
+        if bad_names:
+            raise NonFiniteLoss(self.state.step, f"weights (NaN/inf after the optimiser step in {len(bad_names)} "
+                                                 f"tensors, e.g. {bad_names[0]})")
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the module: everything but the frozen teacher (saved on its own)."""
+        return {k: v for k, v in self.module.state_dict().items() if not k.startswith("teacher.")}
 
     def _save(self, best: bool) -> str:
-        """Checkpoint, after making sure nothing non-finite is in it (a diverged model is never saved)."""
-        self._raise_if_nonfinite()
-        state = {k: v for k, v in self.module.state_dict().items() if not k.startswith("teacher.")}
-        bad = nonfinite_tensors(state)
-        if bad:
-            raise NonFiniteLoss(self.state.step, f"weights ({len(bad)} tensors hold NaN/inf, e.g. {bad[0]})")
+        self._raise_if_nonfinite(before_save=True)
         return self.save(self, best)
 
     def end_of_epoch(self, epoch: int) -> None:

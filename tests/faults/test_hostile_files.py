@@ -185,7 +185,6 @@ LOADERS = [
 
 
 def _extra_damage(kind: str, path: Path, marker: Path) -> None:
-    import torch
     if kind == "nan":
         sd = _model().state_dict()
         sd["fc.weight"] = sd["fc.weight"] * float("nan")
@@ -685,7 +684,7 @@ def test_eval_folder_damaged_best_falls_back_to_student_safetensors(kind: str, r
     assert not (inprocess / "pwned").exists()
     assert _eval_json(result)["weights"] == str(run / "student.safetensors")
     if kind != "directory":  # a folder is simply not a checkpoint file: skipped without a note
-        assert f"warning: " in result.stderr and str(best) in result.stderr, result.stderr
+        assert "warning: " in result.stderr and str(best) in result.stderr, result.stderr
 
 
 @pytest.mark.parametrize("kind", ["hostile-raw-pickle", "corrupt-header", "trunc-minus-1", "nan"])

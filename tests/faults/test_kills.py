@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fault_helpers import engine_env
 
 pytestmark = pytest.mark.slow
 
@@ -90,15 +91,6 @@ KILLS = [
 
 
 # --- running the engine ----------------------------------------------------------------------
-
-def engine_env(fault: str | None = None) -> dict[str, str]:
-    """The same environment for the reference and every case: one thread, no stray fault plan."""
-    env = {k: v for k, v in os.environ.items() if k != "FBT_FAULT"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if fault:
-        env["FBT_FAULT"] = fault
-    return env
-
 
 def engine(*args: str, fault: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*ENGINE, *args], cwd=REPO, env=engine_env(fault), capture_output=True, text=True,

@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import pytest
 
+from fault_helpers import engine_env
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,14 +51,6 @@ SHORT = [a for kv in SETS_SHORT for a in ("--set", kv)]
 
 
 # --- running the engine ----------------------------------------------------------------------
-
-def engine_env(fault: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "FBT_FAULT"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if fault:
-        env["FBT_FAULT"] = fault
-    return env
-
 
 def parse_lines(text: str) -> list[dict[str, Any]]:
     out = []

@@ -32,7 +32,7 @@ from fbt_tui.run_state import HISTORY_POINTS, LOG_LINE_CHARS, RECENT_POINTS, Run
 from fbt_tui.runs import scan_runs
 from fbt_tui.screens.run import error_text, status_text
 from fake_engine import MALFORMED, TORN
-from tui_helpers import SIZE, kill_leftovers, make_app, wait_for
+from tui_helpers import SIZE, kill_leftovers, make_app, runs_screen, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_POINTS = 2 * RECENT_POINTS + HISTORY_POINTS  # what one chart line may hold, at most
@@ -252,14 +252,6 @@ async def test_garbage_on_the_stream_and_in_the_file(fake_engine, workdir, monke
 
 
 # --- a run folder deleted while watched ---------------------------------------------------------
-
-async def runs_screen(pilot):  # type: ignore[no-untyped-def]
-    await pilot.press("f5")
-    screen = pilot.app.screen
-    await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == len(screen.runs) > 0, what="scan")
-    screen.query_one("#runs", DataTable).focus()
-    return screen
-
 
 @pytest.mark.asyncio
 async def test_folder_deleted_while_attached(fake_engine, canned_runs) -> None:

@@ -9,17 +9,9 @@ import pytest
 from textual.widgets import DataTable
 
 from fbt_tui.widgets.charts import Chart
-from tui_helpers import SIZE, kill_leftovers, make_app, wait_for, write_run
+from tui_helpers import SIZE, kill_leftovers, make_app, runs_screen, wait_for, write_run
 
 pytestmark = pytest.mark.asyncio
-
-
-async def runs_screen(pilot):  # type: ignore[no-untyped-def]
-    await pilot.press("f5")
-    screen = pilot.app.screen
-    await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == len(screen.runs) > 0, what="scan")
-    screen.query_one("#runs", DataTable).focus()
-    return screen
 
 
 async def goto(pilot, screen, name: str) -> None:  # type: ignore[no-untyped-def]

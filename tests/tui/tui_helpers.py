@@ -90,3 +90,13 @@ def catalog_ready(app) -> bool:  # type: ignore[no-untyped-def]
     """The catalog holds both engine answers: names (`--no-counts`) and then parameter counts."""
     table = app.screen.query_one("#models")
     return "resnet18" in table.rows and any("M" in str(c) for c in table.get_row("resnet18")[3:4])
+
+
+async def runs_screen(pilot):  # type: ignore[no-untyped-def]
+    """Open the Runs screen (f5), wait for its scan, focus its table; returns the screen."""
+    from textual.widgets import DataTable
+    await pilot.press("f5")
+    screen = pilot.app.screen
+    await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == len(screen.runs) > 0, what="scan")
+    screen.query_one("#runs", DataTable).focus()
+    return screen
