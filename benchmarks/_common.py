@@ -1,7 +1,7 @@
 """Shared helpers of the benchmark scripts: build a method exactly as a run does, and time its steps.
 
 A method is built through the engine's own path: a RunConfig (the quickstart preset plus
-overrides) -> `create_student` / `create_teacher` -> `DistillModule` -> `trainer.Loop`, and a step is
+overrides) -> `create_student` / `create_teacher` -> the method (`methods._base.build`) -> `trainer.Loop`, and a step is
 `Loop.train_step` (autocast, forward, zero_grad, backward, optimiser step, scheduler, NaN watch):
 the code a real run executes per batch, minus the data loader.
 """
@@ -24,12 +24,14 @@ import torch.nn.functional as F
 
 from fbt_engine import config as C
 from fbt_engine.events import Emitter
-from fbt_engine.task import DistillModule, create_student, create_teacher
+from fbt_engine import methods
+from fbt_engine.methods._base import Method, Setup, build
+from fbt_engine.task import create_student, create_teacher
 from fbt_engine.trainer import Loop, Phase, Runtime, build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "presets" / "quickstart.toml"
-METHODS = ("scratch", "kd", "ofa", "fbt")
+METHODS = methods.names()  # the registry: every method in fbt_engine/methods/
 
 
 # --- pair specs ---------------------------------------------------------------------------------
@@ -103,14 +105,21 @@ class _NullEmitter(Emitter):
 
 
 def build_loop(cfg: C.RunConfig, num_classes: int, rt: Runtime, seed: int = 0) -> Loop:
-    """DistillModule + Loop for `cfg.method`, as `run.Run._distill` builds them (random teacher weights:
-    timing does not depend on them)."""
+    """The method + Loop for `cfg.method`, as `run.Run._distill` builds them (random teacher weights and,
+    for CRD, a 50,000-sample label table: timing does not depend on them)."""
     torch.manual_seed(seed)
-    teacher = create_teacher(cfg, num_classes) if cfg.method != "scratch" else None
-    module = DistillModule(cfg, create_student(cfg, num_classes), teacher, num_classes)
+    needs_teacher = methods.get(cfg.method).needs_teacher
+    teacher = create_teacher(cfg, num_classes) if needs_teacher else None
+    labels = torch.arange(50_000) % num_classes
+    module = build(Setup(cfg, create_student(cfg, num_classes), teacher, num_classes, labels))
     fake_loader = [None] * 1000  # Loop only asks len() and .generator
     phase = Phase("distill", module, cfg.train, fake_loader, [])
     return Loop(phase, rt, _NullEmitter(), lambda *_: "", lambda *_: False)
+
+
+def batch_index(pair: Pair) -> torch.Tensor:
+    """Dataset indices for a benchmark batch (CRD reads them; other methods ignore them)."""
+    return torch.arange(pair.batch_size)
 
 
 def make_batch(pair: Pair, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +148,7 @@ class FloorParts:
     """
 
     def __init__(self, loop: Loop, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> None:
-        m: DistillModule = loop.module
+        m: Method = loop.module
         self.m, self.x, self.y, self.rt = m, x, y, rt
         tc = loop.phase.tc
         self.opt_s = build_optimizer(m.student, tc)
@@ -277,10 +286,10 @@ def step_breakdown(loop: Loop, x: torch.Tensor, y: torch.Tensor, repeats: int = 
         sync(rt.device)
         t0 = time.perf_counter()
         with rt.autocast():
-            outs = m.outputs(x, y)
+            thunks = m.compute(x, y, torch.arange(x.shape[0]))
             sync(rt.device)
             t1 = time.perf_counter()
-            total, _ = m.objective(outs)
+            total, _ = m.combine(thunks)
         sync(rt.device)
         t2 = time.perf_counter()
         opt.zero_grad(set_to_none=True)

@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fbt_engine.methods import names as _method_names
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-METHODS = ("scratch", "kd", "ofa", "fbt")
+METHODS = _method_names()  # the registry: every method in fbt_engine/methods/
 
 VIT_S = {"model": "vit_tiny_patch16_224", "kwargs": {"patch_size": 8, "depth": 6}}
 PAIRS: dict[str, dict[str, Any]] = {

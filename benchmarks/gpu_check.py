@@ -50,7 +50,7 @@ def bench_throughput(pair: B.Pair, methods: list[str], compile_: bool, steps: in
             x = torch.randn(pair.batch_size, 3, pair.img_size, pair.img_size, device=rt.device, generator=g)
             x = x.contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, pair.num_classes, (pair.batch_size,), device=rt.device, generator=g)
-            step = lambda: loop.train_step(x, y)  # noqa: E731
+            step = lambda: loop.train_step(x, y, B.batch_index(pair))  # noqa: E731
             t0 = time.perf_counter()
             for _ in range(warmup):
                 step()

@@ -46,7 +46,7 @@ def bench_pair(pair: B.Pair, args: argparse.Namespace) -> dict:
     x, y = B.make_batch(pair, rt.device)
     if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    fns = {m: (lambda lp=loops[m]: lp.train_step(x, y)) for m in methods}
+    fns = {m: (lambda lp=loops[m]: lp.train_step(x, y, B.batch_index(pair))) for m in methods}
     floor = None
     if "fbt" in loops and not args.no_floor:
         floor = B.FloorParts(loops["fbt"], x, y, rt)

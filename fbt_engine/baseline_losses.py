@@ -28,7 +28,7 @@ from .losses import hard_labels
 
 __all__ = [
     "DEFAULTS", "FitNetProjector", "FitNet", "fitnet_loss", "crd_contrast_loss", "CRDMemory",
-    "CRD", "crd_contrast_indices", "dkd_terms", "dkd_loss", "dkd_warmup_factor", "dist_loss",
+    "CRD", "crd_contrast_indices", "dkd_terms", "dkd_loss", "dkd_warmup_factor", "dist_terms", "dist_loss",
     "CCEmbed", "cc_loss", "CC", "rkd_terms", "rkd_loss",
 ]
 
@@ -248,15 +248,21 @@ def crd_contrast_indices(index: Tensor, target: Tensor, dataset_labels: Tensor, 
     """(N, K+1) memory rows as OFA-KD's dataset draws them: the sample itself, then K negatives.
 
     utils.py lines 60-98 (CIFAR100InstanceSample, `is_sample=True`): negatives are drawn uniformly
-    with replacement among the samples of *other* classes. Deviation: torch's generator instead of
-    `np.random` in the data workers.
+    with replacement among the samples of *other* classes. Deviations: torch's generator instead of
+    `np.random` in the data workers, and the draw is vectorised: uniform over all samples, redrawing
+    those of the sample's own class until none is left (the same distribution, without a per-sample
+    pool of other-class indices, which costs O(dataset) per sample on ImageNet).
     """
-    rows = []
-    for i, y in zip(index.tolist(), target.tolist()):
-        pool = torch.nonzero(dataset_labels != y).squeeze(1)
-        pick = torch.randint(len(pool), (k,), generator=generator)
-        rows.append(torch.cat([torch.tensor([i]), pool[pick]]))
-    return torch.stack(rows).to(index.device)
+    labels = dataset_labels.to("cpu")
+    y = target.to("cpu").reshape(-1, 1)
+    if bool((labels == labels[0]).all()):
+        raise ValueError("CRD needs negatives of another class, but the dataset holds one class only")
+    neg = torch.randint(len(labels), (len(y), k), generator=generator)
+    same = labels[neg] == y
+    while bool(same.any()):
+        neg[same] = torch.randint(len(labels), (int(same.sum()),), generator=generator)
+        same = labels[neg] == y
+    return torch.cat([index.to("cpu").reshape(-1, 1), neg], dim=1).to(index.device)
 
 
 # --- DKD (distillers/dkd.py) ---------------------------------------------------------------
@@ -316,6 +322,15 @@ def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
+def dist_terms(student_logits: Tensor, teacher_logits: Tensor, tau: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(inter, intra) of DIST on softmax(z / tau), unscaled, teacher detached (see `dist_loss`)."""
+    y_s = F.softmax(_f32(student_logits) / tau, dim=1)
+    y_t = F.softmax(_f32(teacher_logits.detach()) / tau, dim=1)
+    inter = 1 - _pearson_rows(y_s, y_t).mean()
+    intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    return inter, intra
+
+
 def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0, gamma: float = 1.0,
               tau: float = 1.0) -> Tensor:
     """DIST: `tau^2 * (beta * inter + gamma * intra)` on softmax(z / tau), teacher detached.
@@ -325,10 +340,7 @@ def dist_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0,
     `<a - mean a, b - mean b> / (||a - mean a|| ||b - mean b|| + 1e-8)`. With a batch of 1 each
     column is constant, its correlation is 0 and intra is 1 (as in OFA-KD).
     """
-    y_s = F.softmax(_f32(student_logits) / tau, dim=1)
-    y_t = F.softmax(_f32(teacher_logits.detach()) / tau, dim=1)
-    inter = 1 - _pearson_rows(y_s, y_t).mean()
-    intra = 1 - _pearson_rows(y_s.t(), y_t.t()).mean()
+    inter, intra = dist_terms(student_logits, teacher_logits, tau)
     return beta * tau ** 2 * inter + gamma * tau ** 2 * intra
 
 

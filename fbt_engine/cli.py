@@ -169,17 +169,42 @@ def run(
     raise typer.Exit(code)
 
 
+@app.command("methods")
+@user_errors
+def methods_(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
+) -> None:
+    """List the training methods (one module each in fbt_engine/methods/) with their loss terms."""
+    from . import config as C
+    from . import methods as M
+    rows = []
+    for name, cls in M.all_methods().items():
+        terms = [f"{n}={w:g}" for n, w in cls.term_weights(C.LossConfig()).items()]
+        rows.append({"name": name, "summary": cls.summary, "teacher": cls.needs_teacher,
+                     "trains": list(cls.trains), "terms": terms})
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    table = Table("method", "what it does", "loss terms (default weights)", "trains")
+    for r in rows:
+        table.add_row(r["name"], r["summary"], ", ".join(r["terms"]), ", ".join(r["trains"]))
+    Console(width=200).print(table)
+
+
 @app.command()
 @user_errors
 def compare(
     preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],
-    methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same budget.")] = "scratch,kd,ofa,fbt",
+    methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same budget "
+                                              "(default: every method, see `fbt-engine methods`).")] = "",
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (default: the preset's, runs/).")] = None,
 ) -> None:
     """Run the same preset once per method (same data, budget and teacher) and print one table."""
     from . import config as C
-    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(C.METHODS)
     bad = [m for m in chosen if m not in C.METHODS]
     if bad:
         raise FBTError(f"unknown method(s) {', '.join(bad)} in --methods", f"use some of: {', '.join(C.METHODS)}")

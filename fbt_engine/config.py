@@ -22,7 +22,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-METHODS = ("scratch", "kd", "ofa", "fbt")
+from .methods import names as _method_names
+
+METHODS = _method_names()  # one module per method in fbt_engine/methods/ (read from the folder, no torch)
 DATASETS = ("digits", "fashion_mnist", "cifar100", "imagefolder")
 PATHS = ("t->f", "f->s", "t->s")
 
@@ -105,7 +107,8 @@ class TrainConfig:
 class FusionConfig:
     order: str = "auto"  # auto | student-first | teacher-first
     split: int = 3  # stages taken from L (1..3)
-    mixer: str = "auto"  # auto (attention unless G is a CNN) | attention | none
+    mixer: str = "auto"  # auto (attention unless G is a CNN) | attention | swin | none
+    share: bool = True  # F shares S's modules (the paper); false: F holds copies that train apart (ablation)
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,32 @@ class LossConfig:
     nce_tau_init: float = 0.07
     fused_ce: float = 0.0
     paths: list[str] = field(default_factory=lambda: list(PATHS))
+    feature: str = "infonce"  # fbt's feature term: infonce (the paper) | mse (pixel-wise, FitNet-style; ablation)
+    # The paper's other baselines, with OFA-KD's defaults (train.py --<method>-*; `<method>` is the
+    # weight of the method's distillation loss, OFA-KD's --kd-loss-weight / --fitnet-loss-weight).
+    fitnet: float = 1.0
+    fitnet_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    crd: float = 1.0
+    crd_feat_dim: int = 128
+    crd_k: int = 16384  # negatives per sample (at most the training set's size - 1)
+    crd_momentum: float = 0.5
+    crd_temperature: float = 0.07
+    dkd: float = 1.0
+    dkd_alpha: float = 1.0  # TCKD weight
+    dkd_beta: float = 2.0  # NCKD weight
+    dkd_temperature: float = 1.0
+    dist: float = 1.0
+    dist_beta: float = 1.0  # inter-class relation weight
+    dist_gamma: float = 1.0  # intra-class relation weight
+    dist_tau: float = 1.0
+    cc: float = 1.0
+    cc_scale: float = 0.02
+    cc_feat_dim: int = 128
+    rkd: float = 1.0
+    rkd_distance: float = 25.0
+    rkd_angle: float = 50.0
+    # Per-term weights by logged name (e.g. {"nce/t->f" = 0.5, "ofa/stage1" = 0}), over the above.
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -269,6 +298,13 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
     ("aug.label_smoothing", 0, 1, True, False, "0 turns it off; 0.1 is the paper's"),
     ("loss.nce_dim", 1, 65536, True, True, "it is the width of the contrastive projection, e.g. 256"),
     ("loss.nce_tau_init", 0, None, False, True, "it is the initial contrastive temperature, e.g. 0.07"),
+    ("loss.crd_feat_dim", 1, 65536, True, True, "it is the width of CRD's embedding, e.g. 128"),
+    ("loss.crd_k", 1, None, True, True, "it is the number of CRD negatives per sample, e.g. 16384"),
+    ("loss.crd_momentum", 0, 1, True, False, "it is the memory bank's momentum, e.g. 0.5"),
+    ("loss.crd_temperature", 0, None, False, True, "e.g. 0.07"),
+    ("loss.dkd_temperature", 0, None, False, True, "e.g. 1 (OFA-KD) or 4 (DKD's paper on CIFAR)"),
+    ("loss.dist_tau", 0, None, False, True, "e.g. 1"),
+    ("loss.cc_feat_dim", 1, 65536, True, True, "it is the width of CC's embedding, e.g. 128"),
     ("teacher.train.epochs", 1, None, True, True, "the teacher trains for at least one epoch"),
     ("teacher.train.lr", 0, None, False, True, "e.g. 2e-3"),
     ("teacher.train.min_lr", 0, None, True, True, "it is the floor of the teacher's schedule, e.g. 1e-5"),
@@ -435,8 +471,17 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
                           f"{len(cfg.loss.ofa_stages)} `loss.ofa_stages`", "give one eps per stage, or none")
     if any(e <= 0 for e in cfg.loss.ofa_stage_eps):
         raise ConfigError(f"`loss.ofa_stage_eps` in {source} must hold values > 0", "OFA-KD uses 1.0 or 1.5")
-    for key in ("ce", "kd", "ofa", "ofa_branch", "nce", "fused_ce"):
+    for key in ("ce", "kd", "ofa", "ofa_branch", "nce", "fused_ce", "fitnet", "crd", "dkd", "dkd_alpha", "dkd_beta",
+                "dist", "dist_beta", "dist_gamma", "cc", "cc_scale", "rkd", "rkd_distance", "rkd_angle"):
         _positive(getattr(cfg.loss, key), f"loss.{key}", source, allow_zero=True)
+    _choice(cfg.loss.feature, ("infonce", "mse"), "loss.feature", source)
+    for s in cfg.loss.fitnet_stages:
+        if s not in (1, 2, 3, 4):
+            raise ConfigError(f"`loss.fitnet_stages` in {source} holds {s}", "stages are numbered 1 to 4")
+    for term, weight in cfg.loss.weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"`loss.weights` in {source} gives {term!r} the weight {_shown(weight)}",
+                              "a term's weight is a number >= 0 (0 removes the term)")
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError(f"`data.root` is required for imagefolder in {source}",
                           "point it at a folder holding train/ and val/ class folders")

@@ -390,8 +390,33 @@ def build_loaders(data: DataConfig, aug: AugConfig, batch_size: int, seed: int,
     return (*make_loaders(train, val, data.num_workers, batch_size, seed, distributed, device_type), info)
 
 
+class Indexed(Dataset):
+    """Yields (image, label, index): for methods that keep per-sample state (CRD's memory bank)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, int, int]:
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+def dataset_labels(ds: Dataset) -> torch.Tensor:
+    """Every sample's label in index order, read from the dataset's label array (no image is loaded)."""
+    if isinstance(ds, Subset):
+        return dataset_labels(ds.dataset)[torch.as_tensor(ds.indices, dtype=torch.long)]
+    targets = getattr(ds, "targets", None)
+    if targets is None:
+        raise DataError(f"{type(ds).__name__} exposes no `targets`", "this method needs each sample's label up front")
+    return torch.as_tensor(np.asarray(targets), dtype=torch.long)
+
+
 def make_loaders(train: Dataset, val: Dataset, num_workers: int, batch_size: int, seed: int,
-                 distributed: bool = False, device_type: str = "cpu") -> tuple[DataLoader, DataLoader]:
+                 distributed: bool = False, device_type: str = "cpu",
+                 with_index: bool = False) -> tuple[DataLoader, DataLoader]:
     """Loaders over built datasets (each phase of a run gets fresh ones, seeded alike).
 
     Under `distributed`, the train loader uses a DistributedSampler: call
@@ -400,6 +425,8 @@ def make_loaders(train: Dataset, val: Dataset, num_workers: int, batch_size: int
     are not persistent: a persistent worker keeps the seed drawn when the process started, so a
     resumed run would augment differently.
     """
+    if with_index:
+        train = Indexed(train)
     world = torch.distributed.get_world_size() if distributed else 1
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=device_type == "cuda")
     drop_last = len(train) >= batch_size * world  # never an empty epoch on a tiny subset
@@ -423,5 +450,5 @@ def build_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:
 
 
 __all__ = ["DATASETS", "DatasetInfo", "ArrayDataset", "register_dataset", "build_datasets",
-           "build_loaders", "make_loaders", "build_mixup", "build_transforms", "read_idx", "digits_split",
+           "build_loaders", "make_loaders", "Indexed", "dataset_labels", "build_mixup", "build_transforms", "read_idx", "digits_split",
            "subset_indices", "fashion_folders", "cifar100_folders"]

@@ -62,7 +62,7 @@ def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     import torch
     from .data import build_loaders
     from .task import create_student
-    from .trainer import Runtime, StudentView, evaluate
+    from .trainer import ModelView, Runtime, evaluate
     run_dir, candidates = _locate(Path(target))
     if not (run_dir / "config.toml").is_file():
         raise TrainingError(f"no config.toml next to {str(candidates[0])!r}", "give a file inside a run folder")
@@ -73,6 +73,6 @@ def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     weights = _first_loadable(student, candidates)
     rt = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), amp_dtype=None,
                  scaler=False, channels_last=False)
-    m = evaluate(StudentView(student).to(rt.device), val_loader, rt, with_teacher=False)
+    m = evaluate(ModelView(student).to(rt.device), val_loader, rt, with_teacher=False)
     return {"run": str(run_dir), "weights": str(weights), "student": cfg.student.model, "dataset": info.name,
             "images": info.val_size, "top1": m["top1"], "top5": m["top5"]}

@@ -13,6 +13,7 @@ own per-channel mean and spread at that boundary.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 from collections import OrderedDict
@@ -351,7 +352,8 @@ class FusedModel(nn.Module):
     produced in the training step); `forward(images)` runs the whole chain.
     """
 
-    def __init__(self, plan: FusionPlan, local: Adapter, global_: Adapter, teacher: nn.Module) -> None:
+    def __init__(self, plan: FusionPlan, local: Adapter, global_: Adapter, teacher: nn.Module,
+                 shares_student: bool = True) -> None:
         super().__init__()
         self.plan = plan
         k = plan.split
@@ -366,13 +368,16 @@ class FusedModel(nn.Module):
         object.__setattr__(self, "_global", global_)
         object.__setattr__(self, "_teacher", teacher)  # kept in eval mode whatever F's mode is
         # G = the student: S's own forward already updates the BN statistics of these shared stages
-        # in the step; F's pass must not update them a second time (see forward_from)
+        # in the step; F's pass must not update them a second time (see forward_from). With copies
+        # (fusion.share = false) the statistics are F's own and F's pass updates them.
         shared_bn = [m for m in (*self.tail.modules(), *self.head.modules())
-                     if isinstance(m, nn.modules.batchnorm._BatchNorm)] if plan.global_ == "student" else []
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
+            if plan.global_ == "student" and shares_student else []
         object.__setattr__(self, "_shared_bn", shared_bn)
 
-    def forward_from(self, x_split: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and pooled features of F from L's stage-`split` output.
+    def forward_from(self, x_split: torch.Tensor, with_map: bool = False) -> tuple[torch.Tensor, ...]:
+        """Logits and pooled features of F from L's stage-`split` output (and F's stage-4 map, in G's
+        layout, when `with_map`).
 
         When G is the student, its shared BatchNorms normalise F's activations with F's own batch
         statistics in train mode (as S's BN does for S's) but leave the running statistics, which
@@ -380,7 +385,9 @@ class FusedModel(nn.Module):
         statistics, as a module shared with S does.
         """
         with self._frozen_running_stats():
-            return self._global.head_and_pooled(self.tail(self.l2g(x_split)))
+            f4 = self.tail(self.l2g(x_split))
+            logits, pooled = self._global.head_and_pooled(f4)
+        return (logits, pooled, f4) if with_map else (logits, pooled)
 
     @contextlib.contextmanager
     def _frozen_running_stats(self):
@@ -408,12 +415,16 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_fused(teacher: nn.Module, student: nn.Module, plan: FusionPlan) -> FusedModel:
-    """Build F from a plan. The teacher is frozen (eval, no grad); its modules are shared, not copied."""
+def build_fused(teacher: nn.Module, student: nn.Module, plan: FusionPlan, share: bool = True) -> FusedModel:
+    """Build F from a plan. The teacher is frozen (eval, no grad); its modules are shared, not copied.
+    The student's modules are shared too (the paper), or, with `share=False`, copied: F then trains
+    its own copy of them (the weight-sharing ablation)."""
     freeze(teacher)
+    if not share:
+        student = copy.deepcopy(student)
     ta, sa = get_adapter(teacher, plan.teacher), get_adapter(student, plan.student)
     local, global_ = (sa, ta) if plan.local == "student" else (ta, sa)
-    return FusedModel(plan, local, global_, teacher)
+    return FusedModel(plan, local, global_, teacher, shares_student=share)
 
 
 def count(params: Any) -> int:

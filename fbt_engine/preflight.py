@@ -77,21 +77,23 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
     the optimiser and schedule. Catches unknown names, bad kwargs, sizes, unsupported pairs.
     Returns the meta teacher and student (check_files matches the weight files against them)."""
     import torch
-    from .task import DistillModule, TeacherModule, create_student, create_teacher
+    from .methods._base import Setup, build
+    from .task import ClassifierTask, create_student, create_teacher
     # no hub download and no file read here: only the architectures
     offline = C.replace(cfg, teacher=C.replace(cfg.teacher, pretrained=False, checkpoint=""),
                         student=C.replace(cfg.student, pretrained=False, checkpoint=""))
+    labels = torch.arange(2 * num_classes, device="cpu") % num_classes  # stands in for CRD's training labels
     with torch.device("meta"):
         student = _build("student", lambda: create_student(offline, num_classes), cfg.student.model, source)
         check_patch_grid(student, "student", cfg.data.img_size, source)
         teacher = None
-        if cfg.method != "scratch":
+        if _needs_teacher(cfg):
             teacher = _build("teacher", lambda: create_teacher(offline, num_classes), cfg.teacher.model, source)
             check_patch_grid(teacher, "teacher", cfg.data.img_size, source)
             if cfg.teacher.train is not None:
-                _check_training(TeacherModule(teacher, cfg.aug.label_smoothing), cfg, source,
+                _check_training(ClassifierTask(teacher, cfg.aug.label_smoothing), cfg, source,
                                 C.teacher_train_config(cfg), "teacher.train")
-        module = _build("pair", lambda: DistillModule(offline, student, teacher, num_classes),
+        module = _build("pair", lambda: build(Setup(offline, student, teacher, num_classes, labels)),
                         f"{cfg.teacher.model} -> {cfg.student.model}", source)
         _check_training(module, cfg, source, cfg.train, "train")
     report.ok(f"models build at {cfg.data.img_size}x{cfg.data.img_size}: "
@@ -99,6 +101,11 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
               + f"student {cfg.student.model}, method {cfg.method}"
               + (f" (fused: {module.fused.plan.chain})" if getattr(module, "fused", None) is not None else ""))
     return {"teacher": teacher, "student": student}
+
+
+def _needs_teacher(cfg: C.RunConfig) -> bool:
+    from . import methods
+    return methods.get(cfg.method).needs_teacher
 
 
 def check_patch_grid(model: Any, what: str, img_size: int, source: str) -> None:
@@ -142,7 +149,8 @@ def _check_training(module: Any, cfg: C.RunConfig, source: str, tc: C.TrainConfi
     y = torch.zeros(2, dtype=torch.long)
     try:
         module.train()
-        module(x, y)
+        if getattr(module, "meta_step", True):
+            module(x, y, torch.arange(2, device="cpu")) if getattr(module, "needs_index", False) else module(x, y)
     except Exception as exc:  # noqa: BLE001
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ModelError(f"one training step of method {cfg.method!r} fails at {cfg.data.img_size}x"
@@ -190,7 +198,7 @@ def check_files(cfg: C.RunConfig, models: dict[str, Any], report: Report) -> Non
     """Teacher/student files: present (or trainable here), weights-only readable, shapes fit the
     (meta) `models` built by _check_models."""
     t = cfg.teacher
-    if cfg.method != "scratch":
+    if _needs_teacher(cfg):
         path = Path(t.checkpoint) if t.checkpoint else None
         if path is not None and path.exists():
             _check_weights_fit(models["teacher"], "teacher", path)

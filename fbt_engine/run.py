@@ -228,11 +228,11 @@ class Run:
             return self._finish("stopped", None)
         return self._distill(teacher, self.info.num_classes)
 
-    def _loaders(self, batch_size: int) -> tuple[Any, Any, Any]:
-        """Fresh, freshly seeded loaders for a phase."""
+    def _loaders(self, batch_size: int, with_index: bool = False) -> tuple[Any, Any, Any]:
+        """Fresh, freshly seeded loaders for a phase (batches carry sample indices when `with_index`)."""
         from .data import make_loaders
         train, val = make_loaders(self.prep.train_set, self.prep.val_set, self.cfg.data.num_workers, batch_size,
-                                  self.cfg.seed, self.rt.distributed, self.rt.device.type)
+                                  self.cfg.seed, self.rt.distributed, self.rt.device.type, with_index)
         return train, val, self.prep.mixup
 
     def _start_phase(self) -> None:
@@ -256,8 +256,9 @@ class Run:
 
     def _teacher(self, num_classes: int) -> tuple[Any, str]:
         """The frozen teacher: loaded from a file, from the hub, or trained here first."""
+        from . import methods
         from .task import create_teacher
-        if self.cfg.method == "scratch":
+        if not methods.get(self.cfg.method).needs_teacher:
             return None, "none"
         self._start_phase()
         teacher = create_teacher(self.cfg, num_classes)
@@ -307,21 +308,26 @@ class Run:
         return "loaded"
 
     def _train_teacher(self, teacher: Any) -> str:
-        from .task import TeacherModule
+        from .task import ClassifierTask
         from .trainer import Phase
         train_cfg = C.teacher_train_config(self.cfg)
-        module = TeacherModule(teacher, self.cfg.aug.label_smoothing)
+        module = ClassifierTask(teacher, self.cfg.aug.label_smoothing)
         self._emit_started(module.params())
         phase = Phase("teacher", module, train_cfg, *self._loaders(train_cfg.batch_size))
         return self._run_phase(phase, "teacher-last.pt")
 
     def _distill(self, teacher: Any, num_classes: int) -> int:
-        from .task import DistillModule, create_student
+        from . import methods
+        from .data import dataset_labels
+        from .methods._base import Setup, build
+        from .task import create_student
         from .trainer import Phase
         self._start_phase()
-        module = DistillModule(self.cfg, create_student(self.cfg, num_classes), teacher, num_classes)
+        needs_index = methods.get(self.cfg.method).needs_index
+        labels = dataset_labels(self.prep.train_set) if needs_index else None
+        module = build(Setup(self.cfg, create_student(self.cfg, num_classes), teacher, num_classes, labels))
         self._emit_started(module.params())
-        phase = Phase("distill", module, self.cfg.train, *self._loaders(self.cfg.train.batch_size))
+        phase = Phase("distill", module, self.cfg.train, *self._loaders(self.cfg.train.batch_size, needs_index))
         outcome = self._run_phase(phase, "last.pt")
         return self._finish(outcome, self._loop)
 
@@ -358,7 +364,7 @@ class Run:
         student_path = ""
         if loop is not None and reason == "completed" and self.rt.rank == 0:
             student_path = str(self.dir / "student.safetensors")
-            save_weights(loop.module.student, student_path, "student")
+            save_weights(loop.module.model, student_path, "student")
         best = {"epoch": st.best_epoch, "student_top1": st.best.get("student_top1")} if st and st.best else {}
         last = {"epoch": st.last.get("epoch"), "student_top1": st.last.get("student_top1")} if st and st.last else {}
         faults.point("finish")

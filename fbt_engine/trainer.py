@@ -129,20 +129,25 @@ def accuracy_counts(logits: torch.Tensor, target: torch.Tensor, k: int = 5) -> t
 
 @torch.no_grad()
 def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) -> dict[str, float | None]:
-    """Top-1/top-5 of the trained model; fused and teacher top-1 when the module has them."""
+    """Top-1/top-5 of the trained model; fused and teacher top-1 when the module has them.
+
+    `module` follows the task contract (a method or `ClassifierTask`): `eval_logits(x, with_teacher)`
+    returns logits under `model`, and under `fused` / `teacher` where it has those models.
+    """
     was = module.training
     module.eval()
-    fused = getattr(module, "fused", None)
-    teacher = getattr(module, "teacher", None) if with_teacher else None
+    with_teacher = with_teacher and getattr(module, "teacher", None) is not None
     sums = torch.zeros(5, dtype=torch.float64, device=rt.device)  # s1, s5, fused, teacher, n
-    for x, y in loader:
-        x, y = _to_device(x, y, rt)
+    has_fused = False
+    for batch in loader:
+        x, y = _to_device(batch[0], batch[1], rt)
         with rt.autocast():
-            logits = _eval_logits(module, x, teacher is not None)
-            s1, s5 = accuracy_counts(logits["student"], y)
+            logits = module.eval_logits(x, with_teacher)
+            s1, s5 = accuracy_counts(logits["model"], y)
             sums[0] += s1
             sums[1] += s5
             if "fused" in logits:
+                has_fused = True
                 sums[2] += accuracy_counts(logits["fused"], y)[0]
             if "teacher" in logits:
                 sums[3] += accuracy_counts(logits["teacher"], y)[0]
@@ -151,18 +156,8 @@ def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) ->
         torch.distributed.all_reduce(sums)
     module.train(was)
     s = (sums[:4] / sums[4].clamp(min=1) * 100).tolist()
-    return {"top1": s[0], "top5": s[1], "fused_top1": s[2] if fused is not None else None,
-            "teacher_top1": s[3] if teacher is not None else None}
-
-
-def _eval_logits(module: nn.Module, x: torch.Tensor, with_teacher: bool) -> dict[str, torch.Tensor]:
-    """Logits per model; a DistillModule shares activations between S, T and F (see eval_logits)."""
-    if hasattr(module, "eval_logits"):
-        return module.eval_logits(x, with_teacher)
-    out = {"student": module.student(x)}
-    if with_teacher and getattr(module, "teacher", None) is not None:
-        out["teacher"] = module.teacher(x)
-    return out
+    return {"top1": s[0], "top5": s[1], "fused_top1": s[2] if has_fused else None,
+            "teacher_top1": s[3] if with_teacher else None}
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +196,7 @@ class Loop:
         self.ema = None
         if tc.ema_decay > 0:
             from timm.utils import ModelEmaV3
-            self.ema = ModelEmaV3(self.module.student, decay=tc.ema_decay)
+            self.ema = ModelEmaV3(self.module.model, decay=tc.ema_decay)
         self.state = TrainState()
         self.watch = NonFiniteWatch()
         self._gen: torch.Generator | None = getattr(phase.train_loader, "generator", None)
@@ -235,7 +230,15 @@ class Loop:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
-        self.module.load_state_dict(ckpt["module"], strict=False)
+        missing, unexpected = self.module.load_state_dict(ckpt["module"], strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]  # the frozen teacher is saved on its own
+        if missing or unexpected:
+            from .errors import TrainingError
+            example = (missing or unexpected)[0]
+            raise TrainingError(f"the checkpoint does not fit this version's `{self.phase.name}` phase "
+                                f"({len(missing)} weights missing, {len(unexpected)} unexpected, e.g. {example!r})",
+                                "it was written by an older fbt-workbench; finish it with that version, or start "
+                                "a new run")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -290,14 +293,14 @@ class Loop:
         skip = self.state.epoch_step  # resuming a run stopped mid-epoch
         self._start_epoch_rng()
         clock, seen = time.perf_counter(), 0
-        for i, (x, y) in enumerate(loader):
+        for i, batch in enumerate(loader):
             if i >= self.steps_per_epoch:
                 break
             if i < skip:
                 continue
             if i == skip and skip > 0:
                 self._after_skip_rng()
-            seen += self.train_step(x, y)
+            seen += self.train_step(*batch)  # (x, y) or, for methods that need it, (x, y, index)
             self.state.epoch_step = i + 1
             if self.state.step % tc.log_every == 0:
                 self._raise_if_nonfinite()
@@ -309,12 +312,12 @@ class Loop:
         self._after_skip_rng()  # a run stopped after the epoch's last step skipped every batch
         return "done"
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> int:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> int:
         x, y = _to_device(x, y, self.rt)
         if self.phase.mixup is not None:
             x, y = self.phase.mixup(x, y)
-        with self.rt.autocast():
-            total, terms = self.step_fn(x, y)
+        with self.rt.autocast():  # `index` stays where the loader put it (CRD draws on the CPU)
+            total, terms = self.step_fn(x, y) if index is None else self.step_fn(x, y, index)
         self.optimizer.zero_grad(set_to_none=True)
         self._lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (logged)
         if self.scaler is not None:
@@ -333,7 +336,7 @@ class Loop:
         if self.scheduler is not None:
             self.scheduler.step_update(self.state.step)
         if self.ema is not None:
-            self.ema.update(self.module.student, step=self.state.step)
+            self.ema.update(self.module.model, step=self.state.step)
         values = self.watch.update(self.state.step, total, terms)
         self._last = (list(terms), values)  # device tensor: read only when a step event is emitted
         faults.point(f"{self.phase.name}.step")
@@ -356,8 +359,7 @@ class Loop:
         At log points the trained parameters are scanned; before a save, every tensor the
         checkpoint will hold (BatchNorm buffers too), so a diverged model is never saved.
         """
-        objective = getattr(self.phase.module, "objective", None)
-        bad = self.watch.check(getattr(objective, "term_weights", None))
+        bad = self.watch.check(self.phase.module.weights())
         if bad is not None:
             raise NonFiniteLoss(*bad)
         tensors = self._trainable_state() if before_save else \
@@ -380,7 +382,7 @@ class Loop:
         m = evaluate(self.module, self.phase.val_loader, self.rt, with_teacher=st.teacher_top1 is None)
         if m["teacher_top1"] is not None:
             st.teacher_top1 = m["teacher_top1"]
-        ema_top1 = evaluate(StudentView(self.ema.module), self.phase.val_loader, self.rt, False)["top1"] \
+        ema_top1 = evaluate(ModelView(self.ema.module), self.phase.val_loader, self.rt, False)["top1"] \
             if self.ema is not None else None
         result = {"epoch": epoch, "student_top1": m["top1"], "student_top5": m["top5"],
                   "fused_top1": m["fused_top1"], "teacher_top1": st.teacher_top1, "ema_top1": ema_top1}
@@ -395,9 +397,12 @@ class Loop:
         self.emitter.emit("checkpoint", phase=self.phase.name, path=path, epoch=epoch, best=is_best)
 
 
-class StudentView(nn.Module):
-    """Lets `evaluate` score a bare model (the EMA copy, an exported student) as `module.student`."""
+class ModelView(nn.Module):
+    """Lets `evaluate` score a bare model (the EMA copy, an exported student)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.student = model
+        self.model = model
+
+    def eval_logits(self, x: torch.Tensor, with_teacher: bool) -> dict[str, torch.Tensor]:
+        return {"model": self.model(x)}

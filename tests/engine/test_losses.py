@@ -1,20 +1,15 @@
-"""Losses: golden values from independent float64 references, gradchecks, detached target sides,
-method objectives (term names, weighting)."""
+"""Losses: golden values from independent float64 references, gradchecks, detached target sides."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fbt_engine.config import LossConfig
-from fbt_engine.errors import ConfigError
-from fbt_engine.losses import (LOSSES, FBTObjective, InfoNCE, Outputs, build_objective, ce_loss,
-                               kd_loss, ofa_loss)
+from fbt_engine.losses import InfoNCE, ce_loss, kd_loss, ofa_loss
 
 N, C = 4, 5
 
@@ -222,168 +217,7 @@ def test_teacher_side_gets_no_grad() -> None:
     assert m.proj_target.weight.grad is not None  # the head on the target side still learns
 
 
-# --- method objectives -----------------------------------------------------------------------
-
-DIMS = {"student": 6, "teacher": 7, "fused": 5}
-
-
-def _outputs(target: torch.Tensor = LABELS, branches: int = 0) -> Outputs:
-    def leaf(seed: int, *shape: int) -> torch.Tensor:
-        return _t(seed, *shape).float().requires_grad_()
-    return Outputs(student_logits=leaf(30, N, C), student_feat=leaf(31, N, 6),
-                   teacher_logits=leaf(32, N, C), teacher_feat=leaf(33, N, 7),
-                   fused_logits=leaf(34, N, C), fused_feat=leaf(35, N, 5),
-                   branch_logits=[leaf(40 + i, N, C) for i in range(branches)], target=target)
-
-
-def _check_weighted_sum(total: torch.Tensor, terms: dict[str, torch.Tensor], weights: dict[str, float]) -> None:
-    want = sum(weights[name.split("/")[0] if name != "ce/fused" else name] * v for name, v in terms.items())
-    assert total.item() == pytest.approx(float(want), rel=1e-5)
-    assert all(not v.requires_grad for v in terms.values())  # logged values are detached
-
-
-def test_registry_and_unknown_method() -> None:
-    assert set(LOSSES) >= {"scratch", "kd", "ofa", "fbt"}
-    with pytest.raises(ConfigError, match="unknown method") as exc:
-        build_objective("fbtt", LossConfig(), DIMS, C)
-    assert "fbt" in exc.value.hint
-
-
-def test_scratch_objective() -> None:
-    obj = build_objective("scratch", LossConfig(ce=0.5), DIMS, C)
-    out = _outputs()
-    total, terms = obj(out)
-    assert list(terms) == ["ce"] == obj.term_names()
-    assert terms["ce"].item() == pytest.approx(ce_loss(out.student_logits, LABELS).item())
-    _check_weighted_sum(total, terms, {"ce": 0.5})
-    assert list(obj.parameters()) == []
-
-
-def test_scratch_label_smoothing_hard_only() -> None:
-    obj = build_objective("scratch", LossConfig(), DIMS, C, label_smoothing=0.1)
-    out = _outputs()
-    assert obj(out)[1]["ce"].item() == pytest.approx(ce_loss(out.student_logits, LABELS, 0.1).item())
-    out_soft = _outputs(SOFT.float())
-    assert obj(out_soft)[1]["ce"].item() == pytest.approx(ce_loss(out_soft.student_logits, SOFT.float()).item())
-
-
-def test_kd_objective() -> None:
-    cfg = LossConfig(ce=0.3, kd=2.0, kd_temperature=3.0)
-    obj = build_objective("kd", cfg, DIMS, C)
-    out = _outputs()
-    total, terms = obj(out)
-    assert list(terms) == ["ce", "kd"] == obj.term_names()
-    assert terms["kd"].item() == pytest.approx(kd_loss(out.student_logits, out.teacher_logits, 3.0).item())
-    _check_weighted_sum(total, terms, {"ce": 0.3, "kd": 2.0})
-    total.backward()
-    assert _no_grad(out.teacher_logits)
-    _, terms0 = build_objective("kd", replace(cfg, kd=0.0), DIMS, C)(_outputs())
-    assert list(terms0) == ["ce"]
-
-
-def test_ofa_objective() -> None:
-    # OFA-KD's weighting (distillers/ofa.py L121-139): the final-logit term and the branch terms
-    # have separate weights; each branch has its own eps, the final term uses `ofa_eps`.
-    cfg = LossConfig(ce=0.5, ofa=1.5, ofa_branch=0.7, ofa_eps=1.5, ofa_stages=[2, 4], ofa_stage_eps=[1.2, 2.0])
-    obj = build_objective("ofa", cfg, DIMS, C)
-    out = _outputs(branches=2)
-    total, terms = obj(out)
-    assert list(terms) == ["ce", "ofa", "ofa/stage2", "ofa/stage4"] == obj.term_names()
-    t = out.teacher_logits
-    want = {"ce": ce_loss(out.student_logits, LABELS), "ofa": ofa_loss(out.student_logits, t, LABELS, 1.5),
-            "ofa/stage2": ofa_loss(out.branch_logits[0], t, LABELS, 1.2),
-            "ofa/stage4": ofa_loss(out.branch_logits[1], t, LABELS, 2.0)}
-    assert {k: v.item() for k, v in terms.items()} == pytest.approx({k: v.item() for k, v in want.items()})
-    weighted = 0.5 * want["ce"] + 1.5 * want["ofa"] + 0.7 * (want["ofa/stage2"] + want["ofa/stage4"])
-    assert total.item() == pytest.approx(weighted.item(), rel=1e-6)
-    assert all(not v.requires_grad for v in terms.values())
-    total.backward()
-    assert all(not _no_grad(b) for b in out.branch_logits) and _no_grad(out.teacher_logits)
-    with pytest.raises(ValueError, match="branch logits"):
-        obj(_outputs(branches=1))
-
-
-def test_ofa_objective_defaults_and_zero_weights() -> None:
-    cfg = LossConfig(ofa_stages=[1, 3])  # OFA-KD's defaults: weights 1, one eps for every term
-    assert (cfg.ce, cfg.ofa, cfg.ofa_branch, cfg.ofa_temperature, cfg.ofa_stage_eps) == (1.0, 1.0, 1.0, 1.0, [])
-    out = _outputs(branches=2)
-    total, terms = build_objective("ofa", cfg, DIMS, C)(out)
-    assert total.item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-6)
-    assert terms["ofa/stage3"].item() == pytest.approx(
-        ofa_loss(out.branch_logits[1], out.teacher_logits, LABELS, cfg.ofa_eps).item())
-    no_branch = build_objective("ofa", replace(cfg, ofa_branch=0.0), DIMS, C)
-    assert list(no_branch(out)[1]) == ["ce", "ofa"] == no_branch.term_names()
-    no_final = build_objective("ofa", replace(cfg, ofa=0.0), DIMS, C)
-    assert list(no_final(out)[1]) == ["ce", "ofa/stage1", "ofa/stage3"] == no_final.term_names()
-
-
-def test_ofa_stage_eps_validation() -> None:
-    from fbt_engine.config import RunConfig, validate
-    base = RunConfig(method="ofa")
-    base = replace(base, student=replace(base.student, model="resnet18"), teacher=replace(base.teacher, model="resnet18"))
-    validate(replace(base, loss=LossConfig(ofa_stage_eps=[1.0, 1.5, 1.5, 2.0])))
-    with pytest.raises(ConfigError, match="ofa_stage_eps"):
-        validate(replace(base, loss=LossConfig(ofa_stage_eps=[1.0, 1.5])))
-    with pytest.raises(ConfigError, match="ofa_stage_eps"):
-        validate(replace(base, loss=LossConfig(ofa_stages=[1], ofa_stage_eps=[0.0])))
-    with pytest.raises(ConfigError, match="ofa_branch"):
-        validate(replace(base, loss=LossConfig(ofa_branch=-1.0)))
-
-
-FBT_NAMES = ["ce", "ofa/t->f", "nce/t->f", "ofa/f->s", "nce/f->s", "ofa/t->s", "nce/t->s", "ce/fused"]
-
-
-@pytest.mark.parametrize("target", [LABELS, SOFT.float()], ids=["hard", "soft"])
-def test_fbt_objective_terms_and_total(target: torch.Tensor) -> None:
-    cfg = LossConfig(ce=0.5, ofa=2.0, nce=0.3, fused_ce=0.7, ofa_eps=1.5, nce_dim=4)
-    obj = build_objective("fbt", cfg, DIMS, C)
-    assert isinstance(obj, FBTObjective)
-    out = _outputs(target)
-    total, terms = obj(out)
-    assert list(terms) == FBT_NAMES == obj.term_names()
-    assert all(torch.isfinite(v) for v in terms.values())
-    _check_weighted_sum(total, terms, {"ce": 0.5, "ofa": 2.0, "nce": 0.3, "ce/fused": 0.7})
-    want = ofa_loss(out.fused_logits, out.teacher_logits, target, 1.5, 1.0)
-    assert terms["ofa/t->f"].item() == pytest.approx(want.item())
-    want = obj.heads["f2s"](out.student_feat, out.fused_feat)
-    assert terms["nce/f->s"].item() == pytest.approx(want.item())
-    # the InfoNCE heads are learnable parameters of the objective, one module per path
-    assert len(list(obj.heads)) == 3 and len(list(obj.parameters())) == 3 * 5
-    total.backward()
-    assert all(p.grad is not None for p in obj.parameters())
-    assert _no_grad(out.teacher_logits) and _no_grad(out.teacher_feat)
-    assert not _no_grad(out.fused_logits) and not _no_grad(out.fused_feat)  # T->F teaches F
-
-
-def test_fbt_f_to_s_does_not_train_fused() -> None:
-    obj = build_objective("fbt", LossConfig(ce=0.0, paths=["f->s"], nce_dim=4), DIMS, C)
-    out = _outputs()
-    total, terms = obj(out)
-    assert list(terms) == ["ofa/f->s", "nce/f->s"]
-    total.backward()
-    assert _no_grad(out.fused_logits) and _no_grad(out.fused_feat)
-    assert not _no_grad(out.student_logits) and not _no_grad(out.student_feat)
-
-
-def test_fbt_zero_weights_remove_terms() -> None:
-    cfg = LossConfig(nce=0.0, paths=["t->f", "t->s"])
-    obj = build_objective("fbt", cfg, {}, C)  # no InfoNCE: no feature widths needed
-    out = _outputs()
-    out.student_feat = out.teacher_feat = out.fused_feat = None
-    total, terms = obj(out)
-    assert list(terms) == ["ce", "ofa/t->f", "ofa/t->s"] == obj.term_names()
-    assert list(obj.parameters()) == []  # no unused heads (DDP would complain)
-    _check_weighted_sum(total, terms, {"ce": 1.0, "ofa": 1.0})
-    total, terms = build_objective("fbt", replace(cfg, ce=0.0, ofa=0.0), {}, C)(out)
-    assert terms == {} and total.item() == 0.0 and total.requires_grad
-
-
-def test_fbt_missing_width_is_clear() -> None:
-    with pytest.raises(ValueError, match="fused"):
-        build_objective("fbt", LossConfig(), {"student": 4, "teacher": 4}, C)
-
-
-# OFA-KD's projector branches: tests/engine/test_ofa_branches.py
+# Methods (term names, weighting, what trains): tests/engine/methods/.
 
 
 # --- InfoNCE under torch.distributed (2 CPU processes, gloo) ---------------------------------
@@ -452,11 +286,3 @@ def test_half_precision_logits_are_upcast() -> None:
         assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert ofa_loss(s, t, LABELS, 1.5).item() == pytest.approx(
         _ref_ofa(s.double(), t.double(), LABELS, 1.5, 1.0), rel=1e-5)
-
-
-def test_objectives_need_only_their_outputs() -> None:
-    out = Outputs(student_logits=torch.randn(N, C), target=LABELS)  # scratch: no teacher at all
-    total, terms = build_objective("scratch", LossConfig(), {}, C)(out)
-    assert list(terms) == ["ce"]
-    with pytest.raises(ValueError, match="teacher_logits"):
-        build_objective("kd", LossConfig(), {}, C)(out)

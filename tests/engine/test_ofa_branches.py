@@ -1,5 +1,5 @@
 """OFA-KD's projector branches as OFA-KD builds them: parameter counts against OFA-KD's own code,
-structure and shapes per student layout, OFA-KD's init, and gradient flow through a DistillModule."""
+structure and shapes per student layout, OFA-KD's init, and gradient flow through the `ofa` method."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import torch
 from torch import nn
 
 from fbt_engine.config import DataConfig, LossConfig, ModelConfig, RunConfig
-from fbt_engine.ofa_branches import (OFABranches, PatchMerging, SepConv, TokenBranch, build_ofa_branches,
-                                     feature_width)
-from fbt_engine.task import DistillModule
+from fbt_engine.methods._base import Method, Setup, build, prelogits_width
+from fbt_engine.methods._ofa_branches import OFABranches, PatchMerging, SepConv, TokenBranch, build_ofa_branches
 
 
 def _params(m: nn.Module) -> int:
@@ -33,11 +32,11 @@ OFAKD_COUNTS = {
 }
 
 
-def _ofa_module(teacher: str, student: str, num_classes: int, img_size: int = 224) -> DistillModule:
+def _ofa_module(teacher: str, student: str, num_classes: int, img_size: int = 224) -> Method:
     cfg = RunConfig(method="ofa", teacher=ModelConfig(model=teacher), student=ModelConfig(model=student),
                     data=DataConfig(img_size=img_size))
     s, t = (timm.create_model(name, num_classes=num_classes) for name in (student, teacher))
-    return DistillModule(cfg, s, t, num_classes)
+    return build(Setup(cfg, s, t, num_classes))
 
 
 @pytest.mark.parametrize("pair", list(OFAKD_COUNTS), ids=lambda p: f"{p[0]}->{p[1]}@{p[2]}")
@@ -54,9 +53,9 @@ def test_param_counts_match_ofakd(pair: tuple[str, str, int]) -> None:
 
 def test_feature_width() -> None:
     with torch.device("meta"):
-        assert feature_width(timm.create_model("resnet18")) == 512
-        assert feature_width(timm.create_model("swin_tiny_patch4_window7_224")) == 768
-        assert feature_width(timm.create_model("mobilenetv2_100")) == 1280
+        assert prelogits_width(timm.create_model("resnet18")) == 512
+        assert prelogits_width(timm.create_model("swin_tiny_patch4_window7_224")) == 768
+        assert prelogits_width(timm.create_model("mobilenetv2_100")) == 1280
 
 
 # --- CNN students: OFA-KD's SepConv stacks ---------------------------------------------------
@@ -169,7 +168,7 @@ def test_gradients_reach_student_and_branches_only() -> None:
                     data=DataConfig(img_size=32), loss=LossConfig(ofa_branch=0.5, ofa_stages=[1, 4]))
     student = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8, depth=4)
     teacher = timm.create_model("resnet18", num_classes=10)
-    module = DistillModule(cfg, student, teacher, 10).train()
+    module = build(Setup(cfg, student, teacher, 10)).train()
     assert [len(b.blocks) for b in module.branches.branches] == [3, 1]
     total, terms = module(torch.randn(2, 3, 32, 32), torch.tensor([1, 2]))
     assert set(terms) == {"ce", "ofa", "ofa/stage1", "ofa/stage4"}

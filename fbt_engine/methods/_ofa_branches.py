@@ -30,23 +30,14 @@ from timm.layers import trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from .config import LossConfig
+from ..config import LossConfig
 
-__all__ = ["OFABranches", "SepConv", "PatchMerging", "TokenBranch", "conv_branch", "build_ofa_branches",
-           "feature_width"]
+__all__ = ["OFABranches", "SepConv", "PatchMerging", "TokenBranch", "conv_branch", "build_ofa_branches"]
 
 LAYOUTS = ("nchw", "nhwc", "tokens")
 StageSpec = tuple[str, Sequence[int]]  # (layout, shape without batch)
 FINAL_GRID = 7  # OFA-KD's `final_patch_grid`: token branches merge patches towards 7x7 (ofa.py L70)
 BLOCK_HEADS = 4  # OFA-KD's `Block(dim=feature_dim_s, num_heads=4)` (ofa.py L89)
-
-
-def feature_width(model: nn.Module) -> int:
-    """A timm model's final (pre-logits) feature width: OFA-KD's `stage_info(-1)` size."""
-    width = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
-    if not width:
-        raise ValueError(f"{type(model).__name__} reports no num_features: cannot size its OFA branches")
-    return int(width)
 
 
 class SepConv(nn.Sequential):
@@ -175,7 +166,7 @@ class OFABranches(nn.Module):
     `specs` describes *every* student stage (1-based order), `stages` picks the stages that get a
     branch (default: all), `num_prefix` gives per stage (or for all stages) how many prefix tokens
     the `tokens` layout carries. `student_width` / `teacher_width` are the two models' final feature
-    widths (D_s, D_t; `feature_width`); D_s defaults to the last stage's channels. `forward` takes
+    widths (D_s, D_t; `_base.prelogits_width`); D_s defaults to the last stage's channels. `forward` takes
     the outputs of every stage (or just of the selected ones, in order) and returns one logits
     tensor (N, num_classes) per selected stage.
     """
