@@ -185,6 +185,42 @@ class FloorParts:
         self.opt_f.step()
 
 
+class BranchesPart:
+    """OFA's extra work, timed alone: its branches' forward from the student's stage outputs (computed
+    once, outside the timing) + CE + backward into those outputs (as the real step's gradient flows
+    into the student) + an optimiser step over the branches. The OFA losses are the overhead measured."""
+
+    def __init__(self, loop: Loop, x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> None:
+        m = loop.module
+        self.m, self.y, self.rt = m, y, rt
+        with torch.no_grad(), rt.autocast():
+            self.outs = [o.detach() for o in m.s.forward_stages(x)]
+        self.opt = build_optimizer(m.branches, loop.phase.tc)
+
+    def __call__(self) -> None:
+        outs = [o.clone().requires_grad_() for o in self.outs]
+        with self.rt.autocast():
+            loss = sum(F.cross_entropy(z.float(), self.y) for z in self.m.branches(outs))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+# Each method's floor: the parts it cannot avoid (its models' passes and the modules it adds that are
+# networks of their own); everything else in its step (losses, small projections, memory banks) is
+# the overhead the floor measures. Methods not listed run the teacher and the student only.
+FLOORS: dict[str, tuple[str, ...]] = {
+    "scratch": ("student",),
+    "ofa": ("teacher", "student", "branches"),
+    "fbt": ("teacher", "student", "tail"),
+}
+DEFAULT_FLOOR = ("teacher", "student")
+
+
+def floor_of(method: str) -> tuple[str, ...]:
+    return FLOORS.get(method, DEFAULT_FLOOR)
+
+
 # --- timing and memory -------------------------------------------------------------------------
 
 def timed(fn: Callable[[], Any], device: torch.device) -> float:

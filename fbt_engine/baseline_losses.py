@@ -178,6 +178,7 @@ class CRDMemory(nn.Module):
             init = torch.rand(num_data, dim, generator=self.generator).mul_(2 * stdv).add_(-stdv)
             self.register_buffer(name, init)
         self.register_buffer("z", torch.tensor([-1.0, -1.0]))
+        self._z_known = False
 
     def draw(self, index: Tensor) -> Tensor:
         """(N, K+1) memory rows: column 0 is `index`, the rest uniform draws (crd.py lines 142-144)."""
@@ -192,11 +193,13 @@ class CRDMemory(nn.Module):
         idx = self.draw(index) if contrast_idx is None else contrast_idx
         out_s = self._scores(self.memory_t, idx, v_s)
         out_t = self._scores(self.memory_s, idx, v_t)
-        if self.z[0] < 0:  # set once, from the first batch (crd.py lines 156-164)
-            self.z[0] = out_s.detach().mean() * self.num_data
-        if self.z[1] < 0:
-            self.z[1] = out_t.detach().mean() * self.num_data
-        out_s, out_t = out_s / self.z[0].item(), out_t / self.z[1].item()
+        if not self._z_known:  # Z is set once, from the first batch (crd.py lines 156-164)
+            if self.z[0] < 0:
+                self.z[0] = out_s.detach().mean() * self.num_data
+            if self.z[1] < 0:
+                self.z[1] = out_t.detach().mean() * self.num_data
+            self._z_known = True  # checked on the host once per process (a loaded bank has Z), not every step
+        out_s, out_t = out_s / self.z[0], out_t / self.z[1]
         with torch.no_grad():
             self._update(self.memory_s, index, v_s)
             self._update(self.memory_t, index, v_t)
@@ -399,6 +402,13 @@ def _pdist(e: Tensor, squared: bool, eps: float) -> Tensor:
     return res * (1 - torch.eye(len(e), dtype=res.dtype, device=res.device))
 
 
+def _positive_mean(d: Tensor) -> Tensor:
+    # OFA-KD's `d[d > 0].mean()`, without boolean indexing: no device sync on a GPU (the indexing
+    # has to learn the count on the host) and it runs on the meta device (preflight's dry run)
+    pos = (d > 0).to(d.dtype)
+    return (d * pos).sum() / pos.sum()
+
+
 def _angles(e: Tensor) -> Tensor:
     d = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # d[i, j] = unit(e_j - e_i)
     return torch.bmm(d, d.transpose(1, 2)).view(-1)
@@ -419,10 +429,10 @@ def rkd_terms(feat_s: Tensor, feat_t: Tensor, eps: float = 1e-12,
     stu, tea = feat_s.reshape(feat_s.shape[0], -1), feat_t.detach().reshape(feat_t.shape[0], -1)
     with torch.no_grad():
         t_d = _pdist(tea, squared, eps)
-        t_d = t_d / t_d[t_d > 0].mean()
+        t_d = t_d / _positive_mean(t_d)
         t_angle = _angles(tea)
     d = _pdist(stu, squared, eps)
-    d = d / d[d > 0].mean()
+    d = d / _positive_mean(d)
     return F.smooth_l1_loss(d, t_d), F.smooth_l1_loss(_angles(stu), t_angle)
 
 

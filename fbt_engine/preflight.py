@@ -77,8 +77,10 @@ def _check_models(cfg: C.RunConfig, num_classes: int, source: str, report: Repor
     the optimiser and schedule. Catches unknown names, bad kwargs, sizes, unsupported pairs.
     Returns the meta teacher and student (check_files matches the weight files against them)."""
     import torch
-    from .methods._base import Setup, build
+    from . import methods
+    from .methods._base import Setup, build, resolved_weights
     from .task import ClassifierTask, create_student, create_teacher
+    resolved_weights(methods.get(cfg.method), cfg.loss, source)  # per-term weights name real terms
     # no hub download and no file read here: only the architectures
     offline = C.replace(cfg, teacher=C.replace(cfg.teacher, pretrained=False, checkpoint=""),
                         student=C.replace(cfg.student, pretrained=False, checkpoint=""))

@@ -93,14 +93,7 @@ class Method(nn.Module):
     def weights(self) -> dict[str, float]:
         """Term name -> weight, `loss.weights` applied; read by the NaN watch to name an overflow."""
         if self._weights is None:
-            weights = {k: float(v) for k, v in self.term_weights(self.loss_cfg).items()}
-            unknown = [k for k in self.loss_cfg.weights if k not in weights]
-            if unknown:
-                raise ConfigError(f"`loss.weights` names {', '.join(map(repr, unknown))}, which method "
-                                  f"{self.name!r} does not have",
-                                  f"its terms are: {', '.join(weights)}")
-            weights.update({k: float(v) for k, v in self.loss_cfg.weights.items()})
-            self._weights = weights
+            self._weights = resolved_weights(type(self), self.loss_cfg)
         return self._weights
 
     def term_names(self) -> list[str]:
@@ -182,6 +175,18 @@ def prelogits_width(model: nn.Module) -> int:
     return int(width)
 
 
+def resolved_weights(cls: type[Method], loss: LossConfig, source: str = "the preset") -> dict[str, float]:
+    """`cls`'s terms under `loss` with their weights, `loss.weights` applied; a name the method does
+    not have is a ConfigError listing its terms (no model is built: preflight checks this first)."""
+    weights = {k: float(v) for k, v in cls.term_weights(loss).items()}
+    unknown = [k for k in loss.weights if k not in weights]
+    if unknown:
+        raise ConfigError(f"`loss.weights` in {source} names {', '.join(map(repr, unknown))}, which method "
+                          f"{cls.name!r} does not have", f"its terms are: {', '.join(weights)}")
+    weights.update({k: float(v) for k, v in loss.weights.items()})
+    return weights
+
+
 def _count(params: Any) -> int:
     return sum(p.numel() for p in params)
 
@@ -195,4 +200,4 @@ def build(setup: Setup) -> Method:
     return method
 
 
-__all__ = ["Setup", "Method", "Thunk", "freeze", "once", "build", "logits_and_prelogits", "prelogits_width"]
+__all__ = ["Setup", "Method", "Thunk", "freeze", "once", "build", "resolved_weights", "logits_and_prelogits", "prelogits_width"]

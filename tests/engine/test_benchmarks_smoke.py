@@ -17,14 +17,15 @@ def test_step_time_quick_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "st.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "step_time.py"), "--quick", "--no-profile", "--repeats", "1",
-         "--methods", "kd", "fbt", "--threads", "1", "--out", str(out)],
+         "--methods", "scratch", "kd", "crd", "ofa", "fbt", "--threads", "1", "--out", str(out)],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     res = doc["results"][0]
-    assert [r["method"] for r in res["rows"]] == ["kd", "fbt"]
-    assert res["floor_ms"] > 0 and res["fbt_over_kd"] > 0 and res["fbt_over_floor"] > 0
-    assert "fbt/floor" in proc.stdout
+    assert [r["method"] for r in res["rows"]] == ["scratch", "kd", "crd", "ofa", "fbt"]
+    assert set(res["floor_parts_ms"]) == {"teacher", "student", "tail", "branches"}
+    assert all(r["floor_ms"] > 0 and r["over_floor"] > 0 for r in res["rows"]) and res["fbt_over_kd"] > 0
+    assert "step/floor" in proc.stdout and "fbt/kd" in proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")

@@ -95,3 +95,14 @@ def test_params_table() -> None:
     assert ofa["extra"] > 0 and ofa["trainable"] == ofa["student"] + ofa["extra"]
     fbt = make("fbt").params()
     assert {"fused_total", "shared_with_teacher", "shared_with_student", "new_learnable", "extra"} <= set(fbt)
+
+
+def test_preflight_names_a_per_term_weight_the_method_lacks() -> None:
+    """Checked before any model is built or run folder made: the file, the bad name, the real terms."""
+    from fbt_engine import preflight
+    cfg = C.from_dict({"method": "fbt", "teacher": {"model": "resnet18", "train": {"epochs": 1}},
+                       "student": {"model": "resnet18"}, "loss": {"feature": "mse", "weights": {"nce/t->f": 0}}})
+    with pytest.raises(ConfigError) as err:
+        preflight.check(cfg, source="x.toml")
+    assert "x.toml" in err.value.message and "'nce/t->f'" in err.value.message
+    assert "mse/t->f" in err.value.hint
