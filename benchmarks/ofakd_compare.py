@@ -40,11 +40,13 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median, time_closures  # noqa: E402  (stdlib only: importable from either venv)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -53,8 +55,6 @@ OVERRIDES = ["train.optimizer=sgd", "train.lr=0.1", "train.momentum=0.9", "train
              "train.amp=off", "aug.label_smoothing=0.1"]
 
 
-def median(v: list[float]) -> float:
-    return statistics.median(v) if v else float("nan")
 
 
 # --- our side (runs in a subprocess of this venv) ------------------------------------------------
@@ -185,15 +185,7 @@ def ours_parts(loop, x, y, a: argparse.Namespace, B) -> dict:
 
     fns = {"teacher_fwd": teacher_fwd, "teacher_fwd_feat": teacher_fwd_stages, "student_step": student_step,
            "branches_step": branches_step, **per_branch}
-    for fn in fns.values():
-        fn()
-    res = {k: [] for k in fns}
-    for _ in range(a.steps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            res[k].append(time.perf_counter() - t0)
-    return {k: median(v) for k, v in res.items()}
+    return time_closures(fns, a.steps)
 
 
 def _find_attr(module, name: str):

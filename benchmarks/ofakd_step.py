@@ -36,11 +36,13 @@ import ast
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import median, time_closures  # noqa: E402  (stdlib only: importable from either venv)
 
 
 def train_parser(src: Path) -> argparse.ArgumentParser:
@@ -67,8 +69,6 @@ def train_parser(src: Path) -> argparse.ArgumentParser:
     return parser
 
 
-def median(v: list[float]) -> float:
-    return statistics.median(v) if v else float("nan")
 
 
 def main() -> None:
@@ -248,15 +248,7 @@ def time_parts(distiller, args, x, y, a, torch, create_optimizer_v2, optimizer_k
 
     fns = {"teacher_fwd": teacher_fwd, "teacher_fwd_feat": teacher_feat_fwd, "student_step": student_step,
            "branches_step": branches_step, **per_branch}
-    for fn in fns.values():
-        fn()
-    res = {k: [] for k in fns}
-    for _ in range(a.steps):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            res[k].append(time.perf_counter() - t0)
-    return {k: median(v) for k, v in res.items()}
+    return time_closures(fns, a.steps)
 
 
 if __name__ == "__main__":
