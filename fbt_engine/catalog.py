@@ -1,15 +1,22 @@
 """The timm catalog as plain data: name, family, kind, parameters, input size, tags, fusable.
 
-Names, families and filters come at once from timm's registry; parameter counts are computed on
-the meta device (no weights allocated, nothing downloaded) and cached in the user's cache folder,
-keyed by the timm version, so a second listing does not even import torch.
+The whole catalog for the supported timm version ships as package data
+(`catalog_data/timm-<version>.json.gz`, written by `scripts/gen_catalog.py`), so a listing on a
+fresh machine reads one small file and imports neither torch nor timm. Under another timm version
+the names come from timm's registry, the shipped rows fill in every name they still know, and only
+the rest are counted: on the meta device (no weights, nothing downloaded), in a thread at the
+lowest CPU priority with one torch thread, with progress, and cached in the user's cache folder.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import io
 import json
 import os
+import re
+import threading
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -59,10 +66,55 @@ def kind_of_module(module: str) -> str:
     return "unknown"
 
 
+DATA_DIR = Path(__file__).with_name("catalog_data")
+COLUMNS = ("name", "family", "kind", "params", "input_size", "pretrained_tags", "fusable")
+REGENERATE = "nice -n 19 python scripts/gen_catalog.py"
+
+
+def timm_version() -> str:
+    """The installed timm version, read from its metadata (does not import timm)."""
+    return version("timm")
+
+
+def table_path(timm_ver: str) -> Path:
+    """Where the shipped table for a timm version lives (it may not exist)."""
+    return DATA_DIR / f"timm-{timm_ver}.json.gz"
+
+
+def write_table(entries: Iterable[ModelEntry], path: Path, timm_ver: str) -> None:
+    """The shipped table: one row per model, no whitespace, gzip without a timestamp, so the same
+    catalog always gives the same bytes."""
+    rows = [[getattr(e, c) for c in COLUMNS] for e in sorted(entries, key=lambda e: e.name)]
+    text = json.dumps({"timm": timm_ver, "columns": COLUMNS, "rows": rows}, separators=(",", ":"))
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
+        gz.write(text.encode("utf-8"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buf.getvalue())
+
+
+def read_table(path: Path) -> list[ModelEntry] | None:
+    """A shipped table as entries; None when it is missing or unreadable."""
+    try:
+        data = json.loads(gzip.decompress(path.read_bytes()))
+        cols = data["columns"]
+        return [ModelEntry(**dict(zip(cols, row))) for row in data["rows"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def newest_table() -> Path | None:
+    """The shipped table of the newest timm version (the fallback under an unsupported timm)."""
+    def key(p: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", p.name))
+    tables = sorted(DATA_DIR.glob("timm-*.json.gz"), key=key)
+    return tables[-1] if tables else None
+
+
 def cache_path() -> Path:
     root = Path(os.environ.get("FBT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
                 / "fbt-workbench")
-    return root / f"catalog-timm-{version('timm')}.json"
+    return root / f"catalog-timm-{timm_version()}.json"
 
 
 def load_cache() -> list[ModelEntry] | None:
@@ -76,7 +128,7 @@ def load_cache() -> list[ModelEntry] | None:
 def save_cache(entries: list[ModelEntry]) -> None:
     path = cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps([asdict(e) for e in entries]))
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
 
@@ -121,31 +173,87 @@ def count_params(name: str) -> tuple[int | None, bool | None]:
         return None, None
 
 
+def merge_known(entries: list[ModelEntry], known: Iterable[ModelEntry]) -> int:
+    """Fill the uncounted entries from `known` (a shipped table), counts and the exact class-based
+    fusability, wherever it has the name; returns how many it filled."""
+    by_name = {k.name: k for k in known if k.params is not None}
+    filled = 0
+    for e in entries:
+        k = by_name.get(e.name)
+        if e.params is None and k is not None:
+            e.params, e.fusable = k.params, k.fusable
+            filled += 1
+    return filled
+
+
+def run_low_priority(fn: Callable[[], Any]) -> Any:
+    """Run `fn` in a thread at the lowest CPU priority with one torch thread, and wait for it.
+    Linux nices only that thread, so a caller that goes on afterwards keeps its own priority."""
+    import torch
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        try:
+            os.nice(19)
+        except (OSError, AttributeError):  # not permitted or not on this OS: count at normal priority
+            pass
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            box["error"] = exc
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        worker = threading.Thread(target=body, name="fbt-catalog-count", daemon=True)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
 def fill_counts(entries: list[ModelEntry], progress: Callable[[int, int], None] | None = None,
-                save_every: int = 100) -> None:
-    """Compute the missing counts in place, saving the cache as it goes (an interrupt loses little)."""
+                save: Callable[[list[ModelEntry]], None] | None = save_cache, save_every: int = 100) -> None:
+    """Count the missing parameters in place at low priority (progress(i, n) after each model),
+    saving with `save` as it goes (an interrupt loses little)."""
     import logging
     import warnings
     logging.getLogger("timm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     todo = [e for e in entries if e.params is None]
-    for i, entry in enumerate(todo, 1):
-        params, fusable = count_params(entry.name)
-        entry.params = params if params is not None else -1  # -1: tried and failed, do not retry
-        if fusable is not None:
-            entry.fusable = fusable
-        if progress:
-            progress(i, len(todo))
-        if i % save_every == 0:
-            save_cache(entries)
-    save_cache(entries)
+
+    def count_all() -> None:
+        for i, entry in enumerate(todo, 1):
+            params, fusable = count_params(entry.name)
+            entry.params = params if params is not None else -1  # -1: tried and failed, do not retry
+            if fusable is not None:
+                entry.fusable = fusable
+            if progress:
+                progress(i, len(todo))
+            if save and i % save_every == 0:
+                save(entries)
+
+    if todo:
+        run_low_priority(count_all)
+    if save:
+        save(entries)
 
 
 def catalog(counts: bool = True, progress: Callable[[int, int], None] | None = None) -> list[ModelEntry]:
-    """The whole catalog; from the cache when it is complete, otherwise built (and counted)."""
-    entries = load_cache()
-    if entries is None:
-        entries = build_entries()
+    """The whole catalog. The shipped table when it was made for the installed timm (instant:
+    neither torch nor timm is imported); otherwise the user's cache, or timm's registry with every
+    row the newest shipped table still knows. With `counts`, the models no table knows are counted
+    at low priority, `progress(i, n)` after each."""
+    shipped = read_table(table_path(timm_version()))
+    if shipped is not None:
+        return shipped
+    cached = load_cache()
+    entries = cached if cached is not None else build_entries()
+    newest = newest_table()  # also fills a cache written before the table shipped
+    if merge_known(entries, (read_table(newest) if newest else None) or []) or cached is None:
         save_cache(entries)
     if counts and any(e.params is None for e in entries):
         fill_counts(entries, progress)

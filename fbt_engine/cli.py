@@ -50,14 +50,14 @@ def models(
     kind: Annotated[str, typer.Option(help="Only this kind: cnn, msa, mlp, hybrid, unknown.")] = "",
     fusable: Annotated[bool, typer.Option("--fusable", help="Only models FBT can fuse.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
-    counts: Annotated[bool, typer.Option(help="Compute missing parameter counts (first run: a few minutes, "
-                                              "then cached).")] = True,
+    counts: Annotated[bool, typer.Option(help="Count the parameters of models the shipped table does not know "
+                                              "(only under another timm version; low priority, then cached).")] = True,
 ) -> None:
     """List timm architectures with family, kind, parameters, input size, pretrained tags, fusable."""
     from . import catalog as cat
     if kind and kind not in cat.KINDS:
         raise FBTError(f"unknown kind {kind!r}", f"use one of: {', '.join(cat.KINDS)}")
-    entries = cat.catalog(counts=counts, progress=_progress_printer("counting parameters") if counts else None)
+    entries = cat.catalog(counts=counts, progress=_count_progress() if counts else None)
     chosen = cat.select(entries, filter, kind, fusable)
     if as_json:
         sys.stdout.write(json.dumps(cat.to_json(chosen)) + "\n")
@@ -65,10 +65,20 @@ def models(
     _print_models(chosen)
 
 
-def _progress_printer(label: str) -> Callable[[int, int], None]:
+def _count_progress(every_s: float = 0.5) -> Callable[[int, int], None]:
+    """Progress of the parameter count on stderr: `counting 300/1,373`, at most twice a second
+    (the TUI shows the latest line in its status line)."""
+    import time
+    last = [0.0]
+
     def show(i: int, n: int) -> None:
-        if i == 1 or i == n or i % 50 == 0:
-            typer.echo(f"{label}: {i}/{n}", err=True)
+        now = time.monotonic()
+        if i == 1:
+            typer.echo(f"{n:,} models are not in the shipped table: counting their parameters at low "
+                       "priority (cached afterwards)", err=True)
+        if i in (1, n) or now - last[0] >= every_s:
+            last[0] = now
+            typer.echo(f"counting {i:,}/{n:,}", err=True)
     return show
 
 
@@ -76,15 +86,55 @@ def _fmt_params(n: Optional[int]) -> str:
     return "?" if not n or n < 0 else f"{n / 1e6:.1f}M"
 
 
+_MODEL_COLUMNS = ("name", "family", "kind", "params", "input", "fusable", "pretrained tags")
+
+
+def _model_cells(e: Any) -> tuple[str, ...]:
+    tags = ", ".join(e.pretrained_tags[:3]) + (f" +{len(e.pretrained_tags) - 3}" if len(e.pretrained_tags) > 3 else "")
+    return (e.name, e.family, e.kind, _fmt_params(e.params), "x".join(map(str, e.input_size[1:])),
+            "yes" if e.fusable else "", tags)
+
+
+def _fitting_columns(rows: list[tuple[str, ...]], width: int) -> list[int]:
+    """Indexes of the columns that fit `width` (3 characters between columns). The name always
+    shows in full; family and pretrained tags wrap but need a readable minimum; the others are
+    left out whole when there is no room, least useful first."""
+    natural = [max([len(_MODEL_COLUMNS[i])] + [len(r[i]) for r in rows]) for i in range(len(_MODEL_COLUMNS))]
+    need = {i: w for i, w in enumerate(natural)}
+    need[1], need[6] = min(natural[1], 12), min(natural[6], 20)  # these two wrap
+    shown = list(range(len(_MODEL_COLUMNS)))
+    for drop in (6, 1, 4, 2, 5, 3):  # tags, family, input, kind, fusable, params
+        if sum(need[i] for i in shown) + 3 * (len(shown) - 1) <= width:
+            break
+        shown.remove(drop)
+    return shown
+
+
 def _print_models(entries: list) -> None:
+    """A table whose name column is never cut (names are what people copy): family and pretrained
+    tags wrap, and are left out (with a note on stderr) when the terminal is too narrow for them."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
-    table = Table("name", "family", "kind", "params", "input", "fusable", "pretrained tags")
-    for e in entries:
-        table.add_row(e.name, e.family, e.kind, _fmt_params(e.params), "x".join(map(str, e.input_size[1:])),
-                      "yes" if e.fusable else "", ", ".join(e.pretrained_tags[:3]) + (" ..." if len(e.pretrained_tags) > 3 else ""))
-    Console().print(table)
-    typer.echo(f"{len(entries)} models", err=True)
+    console = Console()
+    rows = [_model_cells(e) for e in entries]
+    shown = _fitting_columns(rows, console.width)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for i in shown:
+        label = _MODEL_COLUMNS[i]
+        if label == "name":
+            table.add_column(label, no_wrap=True, min_width=min(max([4] + [len(r[0]) for r in rows]), console.width))
+        elif label in ("family", "pretrained tags"):
+            table.add_column(label, overflow="fold", ratio=1 if label == "pretrained tags" else None)
+        else:
+            table.add_column(label, no_wrap=True)
+    for r in rows:
+        table.add_row(*(r[i] for i in shown))
+    console.print(table, soft_wrap=False)
+    hidden = [_MODEL_COLUMNS[i] for i in range(len(_MODEL_COLUMNS)) if i not in shown]
+    names = ", ".join(hidden[:-1]) + (" and " if len(hidden) > 1 else "") + hidden[-1] if hidden else ""
+    note = f" ({names} left out at {console.width} columns: widen the terminal or use --json)" if hidden else ""
+    typer.echo(f"{len(entries)} models{note}", err=True)
 
 
 @app.command()

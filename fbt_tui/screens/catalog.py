@@ -6,7 +6,9 @@ do); a loading indicator covers the table meanwhile. `t`/`s` pick teacher and st
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+from typing import Any, Callable
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -14,7 +16,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Checkbox, DataTable, Input, Select, Static
 
-from ..engine_client import EngineError, run_json
+from ..engine_client import EngineError, engine_command, parse_error, run_json
 from ..messages import CatalogLoaded, EngineFailed, PairChosen
 from .base import FbtScreen
 
@@ -38,6 +40,39 @@ def model_row(m: dict[str, Any]) -> tuple[str, ...]:
             format_params(m.get("params")), "x".join(str(s) for s in size[1:]) or "?",
             ", ".join(tags[:2]) + (f" +{len(tags) - 2}" if len(tags) > 2 else ""),
             "yes" if m.get("fusable") else "no")
+
+
+async def run_json_with_progress(args: list[str], report: Callable[[str], None]) -> Any:
+    """`run_json`, but each `counting i/n` line the engine prints on stderr reaches `report` as it
+    comes (the engine counts, at low priority, the models its shipped table does not know)."""
+    argv = engine_command() + list(args)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+    except FileNotFoundError:
+        return await run_json(args)  # raises run_json's own "not found" error and hint
+    err: list[str] = []
+
+    async def read_stderr() -> None:
+        async for raw in proc.stderr:  # type: ignore[union-attr]
+            err.append(raw.decode("utf-8", "replace").rstrip())
+            if err[-1].startswith("counting "):
+                report(err[-1])
+    try:
+        out, _ = await asyncio.gather(proc.stdout.read(), read_stderr())  # type: ignore[union-attr]
+        await proc.wait()
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+        raise
+    if proc.returncode != 0:
+        raise parse_error("\n".join(err), proc.returncode)
+    try:
+        return json.loads(out.decode("utf-8", "replace"))
+    except ValueError:
+        raise EngineError(f"`{' '.join(argv)}` did not print JSON",
+                          "check that FBT_ENGINE points at fbt-engine") from None
 
 
 def filter_models(models: list[dict[str, Any]], query: str = "", kind: str = "all",
@@ -69,6 +104,7 @@ class CatalogScreen(FbtScreen):
     """Browse models; `t` makes the highlighted one the teacher, `s` the student."""
 
     MODE = "catalog"
+    DEFAULT_CSS = "#catalog-progress { height: 1; padding: 0 1; color: $text-muted; }"
     AUTO_FOCUS = "#models"  # keys (t, s, digits) work at once; `/` goes to the search box
     BINDINGS = [("t", "choose('teacher')", "Teacher"), ("s", "choose('student')", "Student"),
                 ("slash", "focus_search", "Search"), ("o", "cycle_sort", "Sort"),
@@ -89,6 +125,7 @@ class CatalogScreen(FbtScreen):
         table: DataTable = DataTable(id="models", cursor_type="row", zebra_stripes=True)
         table.add_columns(*(label for label, _ in COLUMNS))
         yield table
+        yield Static("", id="catalog-progress", classes="hidden")
         yield Static("loading models from the engine...", id="catalog-count")
 
     def on_mount(self) -> None:
@@ -98,18 +135,27 @@ class CatalogScreen(FbtScreen):
 
     @work(exclusive=True, group="catalog")
     async def load_catalog(self) -> None:
-        """Names at once (`--no-counts`); on a first run the engine then counts parameters (a few
-        minutes, cached afterwards) and the table fills them in when that answer arrives."""
+        """Names at once (`--no-counts`, with the counts of the engine's shipped table); when
+        some are missing (another timm version) the engine counts them at low priority, its
+        `counting i/n` progress shows above the status line, and the table fills them in."""
         try:
             models = await run_json(["models", "--json", "--no-counts"])
             models = models if isinstance(models, list) else []
             self.post_message(CatalogLoaded(models))
             if any(m.get("params") is None for m in models if isinstance(m, dict)):
-                counted = await run_json(["models", "--json"])
+                counted = await run_json_with_progress(["models", "--json"], self._show_count_progress)
                 if isinstance(counted, list):
                     self.post_message(CatalogLoaded(counted))
         except EngineError as err:
             self.post_message(EngineFailed("catalog", err.message, err.hint))
+        finally:
+            self.query("#catalog-progress").add_class("hidden")  # (no error when the screen is gone)
+
+    def _show_count_progress(self, line: str) -> None:
+        """`counting 300/1,373` from the engine (at most twice a second) above the status line."""
+        bar = self.query_one("#catalog-progress", Static)
+        bar.update(f"{line} models not in the shipped table: parameter counts at low priority (cached afterwards)")
+        bar.remove_class("hidden")
 
     def on_catalog_loaded(self, message: CatalogLoaded) -> None:
         first = not self.models

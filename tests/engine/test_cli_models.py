@@ -43,16 +43,66 @@ def test_models_filters(cache_dir):
     assert res.exit_code == 2 and "unknown kind" in res.stderr
 
 
-def test_counts_fill_in_and_are_cached(cache_dir, monkeypatch):
-    entries = catalog.catalog(counts=False)
-    small = [e for e in entries if e.name in ("resnet18", "vit_tiny_patch16_224", "swin_pico_patch4_window7_224")]
-    catalog.fill_counts(small)
-    assert {e.name: e.params for e in small} == {"resnet18": 11689512, "vit_tiny_patch16_224": 5717416,
-                                                 "swin_pico_patch4_window7_224": 5506996}
-    catalog.save_cache(entries)
+def test_models_json_on_an_empty_cache_answers_from_the_shipped_table(cache_dir, monkeypatch):
+    """A fresh machine: no cache, nothing counted, timm not even consulted."""
+    for fn in ("count_params", "fill_counts", "build_entries"):
+        monkeypatch.setattr(catalog, fn, lambda *a, **k: pytest.fail("counted instead of reading the shipped table"))
+    res = runner.invoke(app, ["models", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert len(rows) > 1000 and all(r["params"] for r in rows.values())
+    assert rows["resnet18"]["params"] == 11689512 and rows["res2net50d"]["fusable"]  # class-based fusability
+    assert "counting" not in res.stderr and not list(cache_dir.iterdir())
+
+
+def test_models_unknown_to_the_table_are_counted_lazily_with_progress(cache_dir, monkeypatch, tmp_path):
+    """Another timm version: shipped rows serve the names they know; only the rest are counted,
+    in a low-priority thread with one torch thread, with progress on stderr, then cached."""
+    import os
+
+    import torch
+    table = {e.name: e for e in catalog.read_table(catalog.table_path(catalog.timm_version()))}
+    old_tables = tmp_path / "tables"
+    catalog.write_table([table["resnet18"], table["vit_tiny_patch16_224"]], old_tables / "timm-1.0.0.json.gz", "1.0.0")
+    monkeypatch.setattr(catalog, "DATA_DIR", old_tables)
+    monkeypatch.setattr(catalog, "timm_version", lambda: "9.9.9")
+    names = ["resnet18", "swin_pico_patch4_window7_224", "vit_tiny_patch16_224"]
+    monkeypatch.setattr(catalog, "build_entries", lambda: [
+        catalog.ModelEntry(name=n, family=table[n].family, kind=table[n].kind) for n in names])
+    counted, real_count = [], catalog.count_params
+
+    def spy(name):
+        counted.append((name, os.getpriority(os.PRIO_PROCESS, 0), torch.get_num_threads()))
+        return real_count(name)
+    monkeypatch.setattr(catalog, "count_params", spy)
+    priority = os.getpriority(os.PRIO_PROCESS, 0)
+    res = runner.invoke(app, ["models", "--json"])
+    assert res.exit_code == 0, res.output
+    assert [c[0] for c in counted] == ["swin_pico_patch4_window7_224"]
+    if sys.platform == "linux":  # niceness is per thread on Linux: the caller keeps its own
+        assert counted[0][1:] == (19, 1) and os.getpriority(os.PRIO_PROCESS, 0) == priority
+    assert "1 models are not in the shipped table" in res.stderr and "counting 1/1" in res.stderr
+    rows = {r["name"]: r["params"] for r in json.loads(res.stdout)}
+    assert rows == {"resnet18": 11689512, "swin_pico_patch4_window7_224": 5506996, "vit_tiny_patch16_224": 5717416}
+    assert (cache_dir / "catalog-timm-9.9.9.json").is_file()
+    monkeypatch.setattr(catalog, "count_params", lambda name: pytest.fail("cache not used"))
     monkeypatch.setattr(catalog, "build_entries", lambda: pytest.fail("cache not used"))
-    again = {e.name: e.params for e in catalog.catalog(counts=False)}
-    assert again["resnet18"] == 11689512
+    again = runner.invoke(app, ["models", "--json"])
+    assert {r["name"]: r["params"] for r in json.loads(again.stdout)} == rows and "counting" not in again.stderr
+
+
+def test_models_name_column_is_never_cut_at_80_columns(cache_dir):
+    res = runner.invoke(app, ["models", "--filter", "vit_g"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    shown = {line.split()[0] for line in lines[2:] if line.strip()}
+    expected = {e.name for e in catalog.select(catalog.catalog(counts=False), "vit_g")}
+    assert "vit_gigantic_patch14_clip_quickgelu_224" in expected and shown == expected
+    assert max(len(line) for line in lines) <= 80
+    assert lines[0].split()[:3] == ["name", "kind", "params"]  # family, tags left out, said on stderr
+    assert "left out at 80 columns" in res.stderr
+    wide = runner.invoke(app, ["models", "--filter", "vit_g"], env={"COLUMNS": "160"})
+    assert wide.stdout.splitlines()[0].split()[:2] == ["name", "family"] and "left out" not in wide.stderr
 
 
 def test_fuse_json_has_the_contract_keys():
