@@ -81,10 +81,15 @@ def table_path(timm_ver: str) -> Path:
     return DATA_DIR / f"timm-{timm_ver}.json.gz"
 
 
+def natural_key(name: str) -> list[int | str]:
+    """timm's listing order (resnet18 before resnet101), without importing timm."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]
+
+
 def write_table(entries: Iterable[ModelEntry], path: Path, timm_ver: str) -> None:
-    """The shipped table: one row per model, no whitespace, gzip without a timestamp, so the same
-    catalog always gives the same bytes."""
-    rows = [[getattr(e, c) for c in COLUMNS] for e in sorted(entries, key=lambda e: e.name)]
+    """The shipped table: one row per model in timm's order, no whitespace, gzip without a
+    timestamp, so the same catalog always gives the same bytes."""
+    rows = [[getattr(e, c) for c in COLUMNS] for e in sorted(entries, key=lambda e: natural_key(e.name))]
     text = json.dumps({"timm": timm_ver, "columns": COLUMNS, "rows": rows}, separators=(",", ":"))
     buf = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buf, compresslevel=9, mtime=0) as gz:
