@@ -25,14 +25,17 @@ RECENT_POINTS = 1000
 HISTORY_POINTS = 1000
 LOG_LINE_CHARS = 2000  # longer log lines are cut (a 1 MB stray line must not live 2000 times)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # would move the cursor or recolour the terminal
-# Words for the signals that kill engines in practice (a negative return code is -signal).
-SIGNAL_WORDS = {
-    signal.SIGKILL: "killed by SIGKILL (-9): out of memory or kill -9",
-    signal.SIGSEGV: "segmentation fault (SIGSEGV, -11): a crash in native code (torch, a driver)",
-    signal.SIGABRT: "aborted (SIGABRT, -6): a native library gave up",
-    signal.SIGBUS: "bus error (SIGBUS, -7): bad memory access, often a full /dev/shm",
-    signal.SIGTERM: "terminated by SIGTERM (-15) before it could write a final event",
-    signal.SIGINT: "interrupted by SIGINT (-2) before it could write a final event",
+# Words for the signals that end engines in practice (a negative return code is -signal): the
+# name, then what it usually means. One table: the run screen, the exit messages and the tests.
+SIGNAL_HINTS = {
+    signal.SIGKILL: "possibly out of memory (the kernel's OOM killer) or killed by the user (kill -9)",
+    signal.SIGTERM: "stopped from outside before it could write a final event",
+    signal.SIGINT: "interrupted before it could write a final event",
+    signal.SIGSEGV: "a crash in native code (torch, a CUDA driver, a C extension)",
+    signal.SIGABRT: "a native library gave up (abort)",
+    signal.SIGBUS: "bad memory access, often a full /dev/shm",
+    signal.SIGHUP: "its terminal went away",
+    signal.SIGPIPE: "a reader of its output went away",
 }
 
 
@@ -57,20 +60,27 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def signal_words(num: int) -> str:
+    """`killed by SIGKILL (signal 9), possibly out of memory ...` for a signal number ("" if unknown)."""
+    try:
+        sig = signal.Signals(num)
+    except ValueError:
+        return f"killed by signal {num}" if num > 0 else ""
+    hint = SIGNAL_HINTS.get(sig)
+    return f"killed by {sig.name} (signal {num})" + (f", {hint}" if hint else "")
+
+
 def describe_exit(returncode: int) -> str:
     """What an exit code means, in words ("" when it means nothing in particular).
 
     A negative code is the signal that killed the process; 128+N is how a shell wrapper
     reports the same thing.
     """
-    if returncode < 0 or 128 < returncode <= 128 + 64:
-        num = -returncode if returncode < 0 else returncode - 128
-        try:
-            sig = signal.Signals(num)
-        except ValueError:
-            return ""
-        words = SIGNAL_WORDS.get(sig, f"killed by {sig.name} ({-num})")
-        return words if returncode < 0 else f"128+{num}, {words}"
+    if returncode < 0:
+        return signal_words(-returncode)
+    if 128 < returncode <= 128 + 64:
+        words = signal_words(returncode - 128)
+        return f"128+{returncode - 128}: {words}" if words else ""
     return {1: "an unhandled error (see stderr)", 2: "a user error (bad preset or missing data)"}.get(returncode, "")
 
 
@@ -78,7 +88,7 @@ def exit_message(returncode: int) -> str:
     """The sentence for an engine that exited without a final event."""
     words = describe_exit(returncode)
     if returncode < 0:
-        return f"the engine died without a final event: {words or f'signal {-returncode}'}"
+        return f"the engine died without a final event: {words}"
     return f"the engine exited with code {returncode} without a final event" + (f": {words}" if words else "")
 
 
@@ -106,6 +116,9 @@ class Series:
         self._aged = 0  # how many points have aged out of the recent window
 
     def append(self, x: float, y: float) -> None:
+        """Add a point; an x at or before the last one rewinds first (see `rewind`)."""
+        if self.xs and x <= self.xs[-1]:
+            self.rewind(x)
         self.xs.append(x)
         self.ys.append(y)
         if len(self.xs) - self._hist >= 2 * self.recent:
@@ -123,6 +136,14 @@ class Series:
             self.ys[:self._hist] = self.ys[:self._hist:2]
             self._hist = (self._hist + 1) // 2
             self.stride *= 2
+
+    def rewind(self, x: float) -> None:
+        """Drop the points at or after `x`: a run resumed from its last checkpoint redoes the steps
+        (or epochs) after it, and the redone points replace the lost ones instead of zigzagging."""
+        while self.xs and self.xs[-1] >= x:
+            self.xs.pop()
+            self.ys.pop()
+        self._hist = min(self._hist, len(self.xs))
 
     def __iter__(self) -> Iterator[list[float]]:
         return iter((self.xs, self.ys))
@@ -170,8 +191,10 @@ class RunState:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
     log_seq: int = 0  # counts every log line ever added (the pane appends only the new ones)
     version: int = 0
-    _phase_offset: int = 0
-    _phase_last_step: int = 0
+    # Where each phase's step 1 sits on the chart's x axis, fixed when the phase is first seen: a
+    # phase announced again (every resume does) continues at the same place, however many resumes.
+    _phase_offsets: dict[str, int] = field(default_factory=dict)
+    _last_x: int = 0  # x of the newest step: where a phase seen for the first time starts
 
     # --- events ---------------------------------------------------------------------------
     def apply(self, item: Event | LogLine) -> None:
@@ -207,13 +230,8 @@ class RunState:
             self.note_log("resumed")
 
     def _on_phase(self, ev: Event) -> None:
-        phase = str(ev.get("phase") or "")
-        if phase != self.phase:
-            # Steps restart per phase: continue the x axis after the previous phase's last step.
-            # (A phase announced again, as a resume does, continues its own steps.)
-            self._phase_offset += self._phase_last_step
-            self._phase_last_step = 0
-        self.phase = phase
+        self.phase = str(ev.get("phase") or "")
+        self.phase_offset(self.phase)
         self.epochs = max(0, _or(as_int(ev.get("epochs")), self.epochs))
         self.steps_per_epoch = max(0, _or(as_int(ev.get("steps_per_epoch")), self.steps_per_epoch))
         self.note_log(f"phase {self.phase}: {self.epochs} epochs x {self.steps_per_epoch} steps")
@@ -230,8 +248,8 @@ class RunState:
         self.steps_per_epoch = as_int(ev.get("steps_per_epoch")) or self.steps_per_epoch
         self.lr, self.loss = as_float(ev.get("lr")), as_float(ev.get("loss"))
         self.samples_per_s, self.eta_s = as_float(ev.get("samples_per_s")), as_float(ev.get("eta_s"))
-        self._phase_last_step = self.step
-        x = float(self._phase_offset + self.step)
+        self._last_x = self.phase_offset(self.phase) + self.step
+        x = float(self._last_x)
         prefix = "teacher " if self.phase == "teacher" else ""
         terms = ev.get("terms")
         terms = dict(terms) if isinstance(terms, dict) else {}
@@ -279,6 +297,14 @@ class RunState:
 
     def _on_log(self, ev: Event) -> None:
         self.note_log(f"[{ev.get('level', 'info')}] {ev.get('message', '')}")
+
+    def phase_offset(self, phase: str) -> int:
+        """Steps restart at 1 in every phase: phase `phase`'s steps sit after the steps of the
+        phases before it. Fixed the first time the phase is seen, so a resume (which announces its
+        phase again) neither adds the last step twice nor opens a gap."""
+        if phase not in self._phase_offsets:
+            self._phase_offsets[phase] = self._last_x
+        return self._phase_offsets[phase]
 
     # --- outside the event stream ---------------------------------------------------------
     def note_log(self, text: str) -> None:
@@ -339,10 +365,13 @@ HANDLERS = {name[len("_on_"):]: fn for name, fn in vars(RunState).items() if nam
 def replay(events_path: str | Path) -> RunState:
     """Build a RunState from a whole events.jsonl (a finished or paused run).
 
-    Raises OSError when the file cannot be read (deleted meanwhile, a directory): callers treat
-    that as a vanished run."""
+    A run without a final event whose process is gone is marked crashed here (its progress must
+    not look live). Raises OSError when the file cannot be read (deleted meanwhile, a directory):
+    callers treat that as a vanished run."""
     from fbt_engine.errors import FBTError
     from fbt_engine.events import read_events
+
+    from .engine_client import pid_alive
 
     path = Path(events_path)
     state = RunState(name=path.parent.name, run_dir=path.parent)
@@ -352,4 +381,7 @@ def replay(events_path: str | Path) -> RunState:
         raise OSError(exc.message) from None
     for item in items:
         state.apply(item)
+    if state.final is None and not pid_alive(state.pid):
+        state.mark_crashed("the run ended without a final event (its process was killed, or the machine went down)",
+                           f"the last lines of {state.run_dir / 'log.txt'} may say why; u resumes it from its last checkpoint")
     return state

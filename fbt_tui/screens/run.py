@@ -1,4 +1,4 @@
-"""Run screen: live status, loss and accuracy charts, engine log; stop, kill, show folder.
+"""Run screen: live status, loss and accuracy charts, engine log; stop, kill, open folder/log/config.
 
 The engine client folds events into a RunState as they arrive; this screen looks at it on a timer
 (REDRAW_S) and redraws only when its version moved. However fast the engine talks, the screen
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rich.markup import escape
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Log, ProgressBar, Static
 
@@ -19,6 +20,7 @@ from ..widgets.charts import AccChart, Chart, Series
 from ..widgets.modals import kill_modal
 from ..widgets.sysmon import SysMon
 from .base import FbtScreen
+from .runs import open_outside
 
 REDRAW_S = 0.25
 STATUS_STYLE = {"running": "bold green", "completed": "bold cyan", "stopped": "bold yellow",
@@ -41,7 +43,8 @@ def status_text(state: RunState) -> str:
     line2 = escape(f"{state.teacher} -> {state.student}" if state.teacher else state.student)
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
     done, total = state.progress
-    line3 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {format_duration(state.eta_s) or '-'}  "
+    eta = format_duration(state.eta_s) if state.status == "running" else ""
+    line3 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {eta or '-'}  "
              f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.1e')}  "
              f"loss {fmt(state.loss, '.4f')}  best {fmt(state.best_top1, '.2f', '%')}")
     return f"{line1}\n{line2}\n{line3}"
@@ -68,7 +71,13 @@ class RunScreen(FbtScreen):
 
     MODE = "run"
     BINDINGS = [("x", "stop", "Stop"), ("k", "kill", "Kill"), ("f", "folder", "Folder"),
-                ("e", "toggle_ema", "EMA"), ("l", "toggle_log", "Log scale")]
+                ("e", "toggle_ema", "EMA"), ("l", "toggle_log", "Log scale"), ("t", "series", "Series"),
+                Binding("z", "reset_zoom", "Unzoom", show=False),
+                Binding("v", "log", "Log file", show=False), Binding("p", "config", "Config", show=False)]
+    DEFAULT_CSS = """
+    RunScreen #run-progress.-ended Bar > .bar--bar { color: $warning; }
+    RunScreen #run-progress.-failed Bar > .bar--bar { color: $error; }
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -106,7 +115,8 @@ class RunScreen(FbtScreen):
         if state is None or (state.version == self._drawn and not force):
             return
         self._drawn = state.version
-        self.query_one("#run-info", Static).update(status_text(state))
+        # Fixed-size text: no layout pass (a layout repaints the whole screen, charts included).
+        self.query_one("#run-info", Static).update(status_text(state), layout=False)
         self._draw_progress(state)
         self._draw_error(state)
         self.query_one("#loss-chart", Chart).draw(loss_series(state))
@@ -119,13 +129,17 @@ class RunScreen(FbtScreen):
             total = max(done, 1)  # an unknown total animates forever: a run that ended must not
         bar = self.query_one("#run-progress", ProgressBar)
         bar.update(total=total or None, progress=done)
+        # A run that ended short of its total keeps its bar where it stopped, in the status's colour.
+        bar.set_class(state.status in ("failed", "crashed", "lost"), "-failed")
+        bar.set_class(state.status == "stopped", "-ended")
 
     def _draw_error(self, state: RunState) -> None:
         box = self.query_one("#run-error", Static)
         show = state.status in ("failed", "crashed", "lost") and bool(state.error)
         box.set_class(not show, "hidden")
-        if show:
-            box.update(error_text(state))
+        if show and (text := error_text(state)) != getattr(box, "shown_text", None):
+            box.shown_text = text
+            box.update(text)
 
     def _draw_log(self, state: RunState) -> None:
         new = min(state.log_seq - self._log_seq, len(state.log))
@@ -152,15 +166,35 @@ class RunScreen(FbtScreen):
 
         self.app.push_screen(kill_modal(session.state.name), answered)
 
-    def action_folder(self) -> None:
+    def _run_dir(self):  # type: ignore[no-untyped-def]
         state = self.state
         if state is None or state.run_dir is None:
             self.notify("no run folder yet", severity="warning", timeout=2)
-            return
-        path = str(state.run_dir.resolve())
-        self.app.copy_to_clipboard(path)
-        self.notify(f"run folder: {path} (copied)", timeout=6)
-        self.query_one("#run-log", Log).write_line(f"run folder: {path}")
+            return None
+        return state.run_dir.resolve()
+
+    def action_folder(self) -> None:
+        """Open the run folder in the file manager (else $EDITOR, else copy its path)."""
+        if (folder := self._run_dir()) is not None:
+            self.query_one("#run-log", Log).write_line(f"run folder: {folder}")
+            open_outside(self, folder, prefer_editor=False)
+
+    def action_log(self) -> None:
+        if (folder := self._run_dir()) is not None:
+            open_outside(self, folder / "log.txt", prefer_editor=True)
+
+    def action_config(self) -> None:
+        if (folder := self._run_dir()) is not None:
+            open_outside(self, folder / "config.toml", prefer_editor=True)
+
+    def action_reset_zoom(self) -> None:
+        """Undo the mouse's zoom and pan on both charts."""
+        for chart in self.query(Chart):
+            chart.reset_zoom()
+
+    def action_series(self) -> None:
+        """Focus the loss chart's legend: space/enter there hides or shows a series."""
+        self.query_one("#loss-chart", Chart).legend.focus()
 
     def action_toggle_ema(self) -> None:
         chart = self.query_one("#loss-chart", Chart)

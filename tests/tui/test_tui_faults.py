@@ -74,9 +74,9 @@ GOOD_START = [good("started", teacher="t", student="s", method="fbt", device="cp
 # --- the pure fold ------------------------------------------------------------------------------
 
 def test_exit_codes_in_words() -> None:
-    assert "killed by SIGKILL (-9): out of memory or kill -9" in exit_message(-9)
-    assert "segmentation fault (SIGSEGV, -11)" in exit_message(-11)
-    assert "128+9, killed by SIGKILL" in exit_message(137)  # a shell wrapper's way of saying it
+    assert "killed by SIGKILL (signal 9), possibly out of memory" in exit_message(-9)
+    assert "killed by SIGSEGV (signal 11), a crash in native code" in exit_message(-11)
+    assert "128+9: killed by SIGKILL" in exit_message(137)  # a shell wrapper's way of saying it
     assert exit_message(1) == "the engine exited with code 1 without a final event: an unhandled error (see stderr)"
     assert exit_message(3) == "the engine exited with code 3 without a final event"
 
@@ -174,7 +174,7 @@ async def test_engine_killed_by_sigkill(fake_engine, workdir, monkeypatch) -> No
         try:
             await wait_for(pilot, lambda: session.state.step >= 2, what="steps")
             os.kill(session.proc.pid, signal.SIGKILL)  # as the OOM killer would: the process, not the group
-            await crash_shows(pilot, session, "killed by SIGKILL (-9): out of memory or kill -9",
+            await crash_shows(pilot, session, "killed by SIGKILL (signal 9), possibly out of memory",
                               "stderr: run quick in runs/quick")
             assert session.returncode == -9
         finally:
@@ -187,7 +187,8 @@ async def test_engine_segfault(fake_engine, workdir, monkeypatch) -> None:
     async with app.run_test(size=SIZE) as pilot:
         session = await start(pilot, workdir, "segv", monkeypatch)
         try:
-            await crash_shows(pilot, session, "segmentation fault (SIGSEGV, -11)", "about to touch freed memory")
+            await crash_shows(pilot, session, "killed by SIGSEGV (signal 11), a crash in native code",
+                              "about to touch freed memory")
             assert session.returncode == -11 and session.state.step == 9
         finally:
             kill_leftovers(app)

@@ -5,6 +5,10 @@ Update after an intended change: pytest tests/tui/test_tui_snapshots.py --snapsh
 
 from __future__ import annotations
 
+import os
+import time
+
+import pytest
 from textual.widgets import DataTable
 
 from fbt_tui.messages import OpenRun
@@ -72,12 +76,45 @@ def test_run_screen_failed(snap_compare, fake_engine, canned_runs) -> None:
     assert snap_compare(make_app(), terminal_size=SIZE, run_before=_replay("e-failed"))
 
 
-def test_runs_screen_with_overlay(snap_compare, fake_engine, canned_runs) -> None:
+@pytest.fixture
+def fixed_dates(canned_runs, monkeypatch):  # type: ignore[no-untyped-def]
+    """Every canned run started at the same moment, shown in UTC: the date column is the same in every frame."""
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    for config in canned_runs.glob("*/config.toml"):
+        os.utime(config, (1_750_000_000, 1_750_000_000))
+    yield canned_runs
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_run_screen_ten_series_after_resumes(snap_compare, fake_engine, workdir) -> None:
+    """Ten loss terms, each its own colour and marker, the legend beside the plot; x ends at 60."""
+    from test_tui_charts import TERMS, resumed_run, write_events
+    events = [e if e["type"] != "step" else {**e, "terms": {t: round((i + 1) / (1 + 0.1 * e["step"]), 4)
+                                                            for i, t in enumerate(TERMS)}} for e in resumed_run()]
+    write_events(workdir / "runs" / "resumed", events)
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=_replay("resumed"))
+
+
+def test_runs_screen_with_overlay(snap_compare, fake_engine, fixed_dates) -> None:
     async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
         screen = pilot.app.screen
         await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == 7)
         screen.query_one("#runs", DataTable).focus()
         await pilot.press("space", "down", "space", "down", "space", "o")
         await pilot.pause(0.5)
+
+    assert snap_compare(make_app(start_mode="runs"), terminal_size=SIZE, run_before=run_before)
+
+
+def test_runs_screen_compare(snap_compare, fake_engine, fixed_dates) -> None:
+    async def run_before(pilot) -> None:  # type: ignore[no-untyped-def]
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == 7)
+        screen.query_one("#runs", DataTable).focus()
+        await pilot.press("space", "down", "space", "c")
+        await wait_for(pilot, lambda: screen.query_one("#compare", DataTable).row_count > 0)
+        await pilot.pause(0.3)
 
     assert snap_compare(make_app(start_mode="runs"), terminal_size=SIZE, run_before=run_before)
