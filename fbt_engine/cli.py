@@ -201,6 +201,15 @@ def _print_fuse(r: dict[str, Any]) -> None:
 
 
 @app.command()
+def serve() -> None:
+    """Answer requests (models, fuse, summary, validate, cancel) as JSON lines on stdin/stdout, warm,
+    until stdin closes: the TUI's one engine per session. Protocol: docs/protocol.md."""
+    _quiet_timm()
+    from .serve import serve as serve_forever
+    raise typer.Exit(serve_forever())
+
+
+@app.command()
 @user_errors
 def run(
     preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],

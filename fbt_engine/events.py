@@ -3,13 +3,13 @@
 JSON Lines, one object per line, UTF-8. Every object carries `v` (protocol version), `type`,
 `run` (run name) and `t` (seconds since the run started). Readers ignore unknown types and
 fields; a line that does not parse is returned as `LogLine` so it can be shown as log text.
-The same decoder reads a live stream and an `events.jsonl` file.
+The same decoder reads a live stream and an `events.jsonl` file. The event types and their
+fields are defined once, as dataclasses, in `fbt_engine.protocol` (re-exported here).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import FBTError
+from .protocol import (EVENTS, PROTOCOL_VERSION, Checkpoint, Eval, EventBody, Failed, Finished, Log, Phase,
+                       Started, Step, _clean, event_body)
 
-PROTOCOL_VERSION = 1
-
-# The types this version emits. Readers must tolerate others.
-STARTED = "started"
-STEP = "step"
-EVAL = "eval"
-CHECKPOINT = "checkpoint"
-FINISHED = "finished"
-FAILED = "failed"
-LOG = "log"
-PHASE = "phase"  # e.g. teacher training starts / distillation starts
-EVENT_TYPES = (STARTED, STEP, EVAL, CHECKPOINT, FINISHED, FAILED, LOG, PHASE)
+# The types this version emits (one dataclass each in protocol.py). Readers must tolerate others.
+STARTED = Started.TYPE
+STEP = Step.TYPE
+EVAL = Eval.TYPE
+CHECKPOINT = Checkpoint.TYPE
+FINISHED = Finished.TYPE
+FAILED = Failed.TYPE
+LOG = Log.TYPE
+PHASE = Phase.TYPE  # e.g. teacher training starts / distillation starts
+EVENT_TYPES = tuple(EVENTS)
 
 
 @dataclass(frozen=True)
@@ -48,23 +48,16 @@ class Event:
     def to_dict(self) -> dict[str, Any]:
         return {"v": self.v, "type": self.type, "run": self.run, "t": self.t, **self.data}
 
+    def typed(self) -> EventBody | None:
+        """The event's fields as its protocol dataclass (None for a type this version does not know)."""
+        return event_body(self.type, self.data)
+
 
 @dataclass(frozen=True)
 class LogLine:
     """A line that is not a protocol event (stray print, warning, partial write)."""
 
     text: str
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: encode them as strings so a diverging loss still round-trips."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def encode(event: Event) -> str:
@@ -136,6 +129,10 @@ class Emitter:
         self._file = _open_append(path) if (path is not None and enabled) else None
         self._lost = False  # a write failed (disk full); retried at the next event that is not a step
         self._stream = stream if enabled else None
+
+    def send(self, body: EventBody) -> Event:
+        """Emit a typed event (its dataclass fields become the event's fields)."""
+        return self.emit(body.TYPE, **{f: getattr(body, f) for f in body.__dataclass_fields__})
 
     def emit(self, type: str, **data: Any) -> Event:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)

@@ -2,7 +2,7 @@
 
 Usage: FBT_ENGINE="python tests/tui/fake_engine.py" fbt-tui
 Commands: models --json | fuse T S --json [...] | run PRESET --jsonl [--name N] [--runs-dir D]
-          | resume RUN_DIR --jsonl | validate PRESET.
+          | resume RUN_DIR --jsonl | validate PRESET | serve (the service protocol, see serve()).
 Run scenario: $FBT_FAKE_SCENARIO, else the preset's file name if it contains one of the scenario
 words (normal, fail, crash, fast, slow). Delay between steps: $FBT_FAKE_DELAY seconds.
 Fault scenarios: segv (dies of SIGSEGV mid-run), orphan (SIGKILLs itself while a grandchild holds
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from fbt_engine import protocol as P  # noqa: E402
 from fbt_engine.events import Event, encode, read_events  # noqa: E402
 
 M = 1_000_000
@@ -60,46 +61,131 @@ def opt(args: list[str], name: str, default: str) -> str:
     return args[args.index(name) + 1] if name in args else default
 
 
-def stages(name: str, img: int) -> list[dict]:
+def stages(name: str, img: int) -> list[P.Stage]:
     cnn = KIND.get(name, "cnn") in ("cnn", "hybrid")
     chans = [64, 64, 128, 256, 512] if cnn else [96, 96, 192, 384, 768]
     out = []
     for i, c in enumerate(chans):  # stem, stage1..stage4 as the real engine reports them
         g = max(1, img // (4 * 2 ** max(0, i - 1)))
         shape = [c, g, g] if cnn else [g, g, c]
-        out.append({"name": "stem" if i == 0 else f"stage{i}", "layout": "nchw" if cnn else "nhwc",
-                    "shape": shape})
+        out.append(P.Stage(name="stem" if i == 0 else f"stage{i}", layout="nchw" if cnn else "nhwc",
+                           shape=shape, num_prefix=0))
     return out
 
 
-def fuse(args: list[str]) -> dict:
-    teacher, student = args[0], args[1]
+class FakeError(Exception):
+    def __init__(self, kind: str, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.hint = kind, message, hint
+
+
+def fuse_result(req: P.FuseRequest) -> P.FuseResult:
+    """The canned answer to a fuse request, typed by the protocol (the service and `fuse --json`)."""
+    teacher, student, img, split, order, depth = (req.teacher, req.student, req.img_size, req.split,
+                                                  req.order, req.depth)
+    if not 8 <= img <= 2048:
+        raise FakeError("config_error", f"input size {img} is out of range: it must be from 8 to 2048",
+                        "use 224 for the paper's setting")
     for name in (teacher, student):
         if name not in KIND:
-            fail(f"unknown model {name!r}", "pick a name from `fbt-engine models`")
+            raise FakeError("model_error", f"unknown model {name!r}", "pick a name from `fbt-engine models`")
         if not FUSABLE[name]:
-            fail(f"{name} has no 4-stage adapter, so it cannot be fused",
-                 "choose a fusable model (see the fusable column)")
-    img, split = int(opt(args, "--img-size", "224")), int(opt(args, "--split", "3"))
-    order, depth = opt(args, "--order", "auto"), int(opt(args, "--depth", "3"))
+            raise FakeError("model_error", f"{name} has no 4-stage adapter, so it cannot be fused",
+                            "choose a fusable model (see the fusable column)")
     local, glob = (teacher, student) if order == "teacher-first" else (student, teacher)
     chain = (f"{local} stem..stage{split} > L2G (conv1x1 256->384, attention) > "
              f"{glob} stage{split + 1}{'' if split == 3 else '..stage4'} > head")
     summary = "\n".join([f"FusedModel ({local} + {glob}, img {img})"] + [
         f"{'  ' * d}├─Block{d}-{i}: {d}-{i} [1, 256, 14, 14]  {1000 * (d + i)}"
         for d in range(1, depth + 1) for i in range(1, 4)])
-    return {"teacher": {"name": teacher, "kind": KIND[teacher], "params": 28288354,
-                        "stages": stages(teacher, img)},
-            "student": {"name": student, "kind": KIND[student], "params": 11689512,
-                        "stages": stages(student, img)},
-            "plan": {"local": "student" if local == student else "teacher", "global": "teacher",
-                     "local_model": local, "global_model": glob, "split": split, "order": order,
-                     "reason": "the CNN goes first (local features)", "junction_in": [256, 14, 14],
-                     "junction_out": [14, 14, 384], "chain": chain},
-            "params": {"teacher": 28288354, "student": 11689512, "fused_total": 24000000,
-                       "shared_with_teacher": 7000000, "shared_with_student": 2800000,
-                       "new_learnable": 1300000},
-            "mult_adds": 2_345_678_901, "summary": summary}
+    return P.FuseResult(
+        teacher=P.ModelView(name=teacher, kind=KIND[teacher], family=teacher.split("_")[0], params=28288354,
+                            stages=stages(teacher, img)),
+        student=P.ModelView(name=student, kind=KIND[student], family=student.split("_")[0], params=11689512,
+                            stages=stages(student, img)),
+        plan={"local": "student" if local == student else "teacher", "global": "teacher",
+              "local_model": local, "global_model": glob, "split": split, "order": order,
+              "reason": "the CNN goes first (local features)", "junction_in": [256, 14, 14],
+              "junction_out": [14, 14, 384], "chain": chain},
+        params=P.ParamCounts(teacher=28288354, student=11689512, fused_total=24000000, shared_with_teacher=7000000,
+                             shared_with_student=2800000, new_learnable=1300000),
+        mult_adds=2_345_678_901, img_size=img, num_classes=req.num_classes, depth=depth, summary=summary)
+
+
+def fuse(args: list[str]) -> dict:
+    req = P.FuseRequest(id=0, teacher=args[0], student=args[1], img_size=int(opt(args, "--img-size", "224")),
+                        split=int(opt(args, "--split", "3")), order=opt(args, "--order", "auto"),
+                        depth=int(opt(args, "--depth", "3")))
+    try:
+        return P.plain(fuse_result(req))
+    except FakeError as err:
+        fail(err.message, err.hint)
+        raise
+
+
+def log_call(argv: list[str]) -> None:
+    if os.environ.get("FBT_FAKE_CALLS"):  # tests read which commands the TUI asked for
+        with open(os.environ["FBT_FAKE_CALLS"], "a", encoding="utf-8") as fh:
+            fh.write(" ".join(argv) + "\n")
+
+
+def as_command(req: P.Request) -> list[str]:
+    """The CLI command a service request stands for (what FBT_FAKE_CALLS records)."""
+    if isinstance(req, P.ModelsRequest):
+        return ["models", "--json"] + ([] if req.counts else ["--no-counts"])
+    if isinstance(req, P.FuseRequest):
+        return [req.OP, req.teacher, req.student, "--json", "--img-size", str(req.img_size), "--order", req.order,
+                "--split", str(req.split), "--depth", str(req.depth)]
+    if isinstance(req, P.ValidateRequest):
+        return ["validate", req.preset]
+    return [req.OP]
+
+
+def answer(req: P.Request) -> object:
+    """The result of one service request (raises FakeError for an error answer)."""
+    if isinstance(req, P.ModelsRequest):
+        return [P.CatalogEntry(**{**m, "params": m["params"] if req.counts else None}) for m in models_json()]
+    if isinstance(req, P.SummaryRequest):
+        r = fuse_result(req)
+        return P.SummaryResult(depth=r.depth, summary=r.summary, mult_adds=r.mult_adds)
+    if isinstance(req, P.FuseRequest):
+        return fuse_result(req)
+    if isinstance(req, P.ValidateRequest):
+        if not Path(req.preset).is_file():
+            raise FakeError("config_error", f"preset file {req.preset!r} does not exist", "give a path to a .toml preset")
+        return P.ValidateResult(preset=req.preset, valid=True, quick=req.quick, checks=["types, names and ranges"])
+    return P.CancelResult(target=getattr(req, "target", None), cancelled=False)  # nothing is ever still running
+
+
+def serve() -> None:
+    """`serve`: the service protocol on stdin/stdout, from fbt_engine.protocol's dataclasses.
+    $FBT_FAKE_SERVE_DELAY: seconds before each fuse/summary answer. $FBT_FAKE_SCENARIO=serve-crash:
+    die with a traceback at the first fuse."""
+    out = sys.stdout
+    out.write(P.encode(P.Ready(pid=os.getpid(), warm_s=0.0, versions={"fbt_engine": "fake"}, ops=list(P.REQUESTS))))
+    out.flush()
+    delay = float(os.environ.get("FBT_FAKE_SERVE_DELAY", "0"))
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        try:
+            req = P.parse_request(line)
+        except P.ProtocolError as exc:
+            message = P.ErrorResponse(id=exc.id, error=P.ErrorInfo(kind="bad_request", message=exc.message, hint=exc.hint))
+        else:
+            log_call(as_command(req))
+            if isinstance(req, P.FuseRequest) and os.environ.get("FBT_FAKE_SCENARIO") == "serve-crash":
+                print("Traceback (most recent call last):\nRuntimeError: the fake engine fell over", file=sys.stderr,
+                      flush=True)
+                os._exit(1)
+            if isinstance(req, P.FuseRequest) and delay:
+                time.sleep(delay)
+            try:
+                message = P.Response(id=req.id, result=answer(req))
+            except FakeError as err:
+                message = P.ErrorResponse(id=req.id, error=P.ErrorInfo(kind=err.kind, message=err.message, hint=err.hint))
+        out.write(P.encode(message))
+        out.flush()
 
 
 def _ev(type: str, **data) -> bytes:
@@ -292,9 +378,8 @@ def main(argv: list[str]) -> None:
     if not argv:
         fail("no command given", "use models, fuse, run, resume or validate")
     cmd, args = argv[0], argv[1:]
-    if os.environ.get("FBT_FAKE_CALLS"):  # tests read which commands the TUI asked for
-        with open(os.environ["FBT_FAKE_CALLS"], "a", encoding="utf-8") as fh:
-            fh.write(" ".join(argv) + "\n")
+    if cmd != "serve":
+        log_call(argv)  # the service logs each request as the command it stands for
     if cmd == "models":
         counted = "--no-counts" not in args  # like the engine: counts only when asked to compute them
         print(json.dumps([{**m, "params": m["params"] if counted else None} for m in models_json()]))
@@ -306,8 +391,10 @@ def main(argv: list[str]) -> None:
         resume(args)
     elif cmd == "validate":
         read_preset(args[0])
+    elif cmd == "serve":
+        serve()
     else:
-        fail(f"unknown command {cmd!r}", "use models, fuse, run, resume or validate")
+        fail(f"unknown command {cmd!r}", "use models, fuse, serve, run, resume or validate")
 
 
 if __name__ == "__main__":
