@@ -1,8 +1,10 @@
-"""The FBT Workbench Textual app: five screens (modes), one watched run, the chosen pair.
+"""The FBT Workbench Textual app: five screens (modes), one app state, one watched run.
 
-Attributes down: `teacher`, `student` and `run_label` are reactive attributes every screen's
-header watches, and `session` is what the run screen draws. Messages up: screens ask for things
-(PairChosen, StartRun, OpenRun) and the app does them. Nothing here imports torch or timm.
+Attributes down: `state` (fbt_tui/state.py: the working preset, so the pair, input size, model
+kwargs and the loaded file) and `run_label` are reactive attributes that the header, Preview and
+Configure watch; `session` is what the run screen draws. Messages up: screens ask for things
+(PairChosen, PresetEdited, LoadPreset, StartRun, OpenRun) and the app does them through the pure
+transitions of `state.py`. Nothing here imports torch or timm.
 """
 
 from __future__ import annotations
@@ -10,29 +12,62 @@ from __future__ import annotations
 import asyncio
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from textual.app import App
 from textual.binding import Binding
 from textual.reactive import reactive
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 
+from fbt_engine.errors import ConfigError
+
+from .commands import FbtCommands
 from .engine_client import RunSession
-from .messages import OpenRun, PairChosen, RunEnded, StartRun
+from .messages import CatalogLoaded, LoadPreset, OpenRun, PairChosen, PresetEdited, PresetSaved, RunEnded, StartRun
 from .run_state import RunState, replay
 from .runs import RunSummary
 from .screens.catalog import CatalogScreen
-from .widgets.modals import quit_modal
+from .state import AppState, choose, edit, failed_load, keep_pair, loaded_state, pair_conflict, reset, saved_state
+from .widgets.modals import ChoiceModal, quit_modal
 
 STOP_WAIT_S = 30.0
+SCREENS = {"catalog": (".screens.catalog", "CatalogScreen"), "preview": (".screens.preview", "PreviewScreen"),
+           "configure": (".screens.configure", "ConfigureScreen"), "run": (".screens.run", "RunScreen"),
+           "runs": (".screens.runs", "RunsScreen")}
 
 
-def _lazy(module: str, name: str) -> Callable[[], Screen]:
+def screen_class(mode: str) -> type[Screen]:
+    """The screen class of a mode (imports its module on first use)."""
+    module, name = SCREENS[mode]
+    return getattr(importlib.import_module(module, __package__), name)
+
+
+def _lazy(mode: str) -> Callable[[], Screen]:
     """A screen factory that imports its module on first use: only the catalog is needed for
     the first frame, and the chart/text-area widgets of the others cost start-up time."""
-    def make() -> Screen:
-        return getattr(importlib.import_module(module, __package__), name)()
-    return make
+    return lambda: screen_class(mode)()
+
+
+def config_error_text(err: ConfigError) -> str:
+    return err.message + (f"\nhint: {err.hint}" if err.hint else "")
+
+
+def read_preset(path: Path) -> tuple[dict[str, Any], str]:
+    """A preset's data and text; ConfigError (naming the file) when it cannot be read."""
+    from fbt_engine.config import read_toml  # torch-free, but not needed for the first frame
+
+    data = read_toml(path)
+    return data, path.read_bytes().decode("utf-8-sig")
+
+
+def initial_state(preset: str | Path | None) -> AppState:
+    if not preset:
+        return AppState()
+    try:
+        data, text = read_preset(Path(preset))
+    except ConfigError as err:
+        return failed_load(AppState(), config_error_text(err))
+    return loaded_state(Path(preset), data, text)
 
 
 class FbtApp(App[None]):
@@ -40,47 +75,170 @@ class FbtApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "FBT Workbench"
-    MODES = {"catalog": CatalogScreen, "preview": _lazy(".screens.preview", "PreviewScreen"),
-             "configure": _lazy(".screens.configure", "ConfigureScreen"),
-             "run": _lazy(".screens.run", "RunScreen"), "runs": _lazy(".screens.runs", "RunsScreen")}
+    COMMANDS = App.COMMANDS | {FbtCommands}
+    MODES = {"catalog": CatalogScreen, **{m: _lazy(m) for m in SCREENS if m != "catalog"}}
+    # Digits switch screens unless a text field has focus (then they are typed: escape leaves the
+    # field); F1-F5 switch from anywhere and are never typed. Keys that switch screens or move
+    # focus are priority bindings, gated by check_action: they then act in the order the keys
+    # came, before the keys typed after them are routed (see screens/base.py).
     BINDINGS = [
-        Binding("1", "switch_mode('catalog')", "Catalog", show=False),
-        Binding("2", "switch_mode('preview')", "Preview", show=False),
-        Binding("3", "switch_mode('configure')", "Configure", show=False),
-        Binding("4", "switch_mode('run')", "Run", show=False),
-        Binding("5", "switch_mode('runs')", "Runs", show=False),
-        # F-keys work even while a text field has focus (digits would be typed into it).
-        *(Binding(f"f{i}", f"switch_mode('{m}')", show=False, priority=True)
-          for i, m in enumerate(("catalog", "preview", "configure", "run", "runs"), start=1)),
+        *(Binding(str(i), f"go('{m}')", f"{m.capitalize()} screen", show=False, priority=True)
+          for i, m in enumerate(SCREENS, 1)),
+        *(Binding(f"f{i}", f"switch_mode('{m}')", f"{m.capitalize()} screen", show=False, priority=True)
+          for i, m in enumerate(SCREENS, 1)),
+        Binding("question_mark", "help", "Help", show=False),
         Binding("q", "quit", "Quit"),
         Binding("ctrl+q", "quit", "Quit", show=False, priority=True),
     ]
 
-    teacher: reactive[str] = reactive("")
-    student: reactive[str] = reactive("")
+    state: reactive[AppState] = reactive(AppState())
     run_label: reactive[str] = reactive("")
 
     def __init__(self, runs_dir: str | Path = "runs", preset: str | Path | None = None,
                  sysmon: bool = True, start_mode: str = "catalog") -> None:
         super().__init__()
         self.runs_dir = Path(runs_dir)
-        self.preset = Path(preset) if preset else None
         self.sysmon = sysmon
         self.start_mode = start_mode
         self.session: RunSession | None = None
+        self.model_names: list[str] = []  # the catalog's names, for the command palette
+        self.set_reactive(FbtApp.state, initial_state(preset))  # the header shows the pair at once
 
     def on_mount(self) -> None:
         self.switch_mode(self.start_mode)
         self.set_interval(0.5, self._update_run_label)
+        if self.state.problem:
+            self.notify(self.state.problem, severity="error", timeout=8, markup=False)
 
     def _update_run_label(self) -> None:
         s = self.session
         self.run_label = f"{s.state.name} ({s.state.status})" if s is not None else ""
 
-    # --- messages up ------------------------------------------------------------------------
-    def on_pair_chosen(self, message: PairChosen) -> None:
-        setattr(self, message.role, message.name)
+    def check_action(self, action: str, parameters: tuple[Any, ...]) -> bool | None:
+        if action in ("switch_mode", "go", "help") and isinstance(self.screen, ModalScreen):
+            return False  # a dialog or the help is open: answer it first
+        if action in ("go", "help"):
+            from .screens.base import is_text_field
 
+            return not is_text_field(self.screen.focused)  # a digit or ? in a text field is typed
+        return True
+
+    def action_go(self, mode: str) -> None:
+        """A digit key: switch screens (only while no text field has focus)."""
+        self.switch_mode(mode)
+
+    # --- the one state --------------------------------------------------------------------------
+    @property
+    def teacher(self) -> str:
+        return self.state.teacher
+
+    @teacher.setter
+    def teacher(self, name: str) -> None:
+        self.choose("teacher", name)
+
+    @property
+    def student(self) -> str:
+        return self.state.student
+
+    @student.setter
+    def student(self, name: str) -> None:
+        self.choose("student", name)
+
+    def set_state(self, new: AppState, announce: bool = False) -> None:
+        """Replace the state; with `announce`, say what a model change cleared."""
+        old, self.state = self.state, new
+        if announce:
+            for flag in new.flags:
+                if flag not in old.flags:
+                    self.notify(flag + " (see Configure)", severity="warning", timeout=6, markup=False)
+
+    def choose(self, role: str, name: str) -> None:
+        self.set_state(choose(self.state, role, name), announce=True)
+
+    def on_catalog_loaded(self, message: CatalogLoaded) -> None:  # bubbled up from the catalog
+        self.model_names = [str(m.get("name")) for m in message.models if isinstance(m, dict) and m.get("name")]
+
+    def on_pair_chosen(self, message: PairChosen) -> None:
+        self.choose(message.role, message.name)
+
+    def on_preset_edited(self, message: PresetEdited) -> None:
+        if message.remove:
+            self.set_state(reset(self.state, message.key))
+        else:
+            self.set_state(edit(self.state, message.key, message.value))
+
+    def on_preset_saved(self, message: PresetSaved) -> None:
+        self.set_state(saved_state(self.state, message.path, message.text))
+
+    def on_load_preset(self, message: LoadPreset) -> None:
+        self.load_preset(message.path)
+
+    def load_preset(self, path: Path) -> None:
+        """Read a preset into the state; ask first when it would replace a pair picked by hand."""
+        try:
+            data, text = read_preset(path)
+        except ConfigError as err:
+            self.set_state(failed_load(self.state, config_error_text(err)))
+            self.notify(config_error_text(err), severity="error", timeout=6, markup=False)
+            return
+        roles = pair_conflict(self.state, data)
+        if not roles:
+            self._loaded(path, data, text, [])
+            return
+        theirs = " and ".join(f"{r} {data.get(r, {}).get('model') or '(none)'}" for r in roles)
+        mine = " and ".join(f"{r} {self.state.model(r)}" for r in roles)
+
+        def answered(choice: str | None) -> None:
+            if choice in ("preset", "mine"):
+                self._loaded(path, data, text, roles if choice == "mine" else [])
+
+        self.push_screen(ChoiceModal(
+            f"{path} trains {theirs}, but you picked {mine}. Use the preset's pair, or keep yours "
+            "(kwargs and checkpoints the preset set for its models are then cleared)?",
+            [("preset", "Use the preset's pair"), ("mine", "Keep my pair"), ("cancel", "Cancel")],
+            danger=False), answered)
+
+    def _loaded(self, path: Path, data: dict[str, Any], text: str, keep: list[str]) -> None:
+        old = self.state
+        self.set_state(keep_pair(loaded_state(path, data, text), old, keep), announce=True)
+        s = self.state
+        self.notify(f"loaded {path}: {s.teacher or '-'} -> {s.student or '-'}, img {s.value('data.img_size')}",
+                    timeout=4, markup=False)
+
+    # --- actions for keys and the command palette ------------------------------------------------
+    def action_help(self) -> None:
+        from .screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    async def _on_screen(self, mode: str, action: str, *args: Any) -> None:
+        """Switch to `mode` and run one of its screen's actions there."""
+        await self.switch_mode(mode)
+        await self.run_action(f"screen.{action}({', '.join(repr(a) for a in args)})")
+
+    async def action_save_preset(self) -> None:
+        await self._on_screen("configure", "save")
+
+    async def action_start_run(self) -> None:
+        await self._on_screen("configure", "start")
+
+    async def action_compare_runs(self) -> None:
+        await self._on_screen("runs", "overlay")
+
+    async def action_open_run_folder(self) -> None:
+        await self._on_screen("run", "folder")
+
+    async def action_focus_load(self) -> None:
+        await self._on_screen("configure", "focus_load")
+
+    def action_stop_run(self) -> None:
+        if self.session is not None and self.session.stop():
+            self.notify("asked the run to stop (it finishes the step and writes a checkpoint)", timeout=3)
+        else:
+            self.notify("no live run to stop", severity="warning", timeout=2)
+
+    # --- runs -------------------------------------------------------------------------------------
     def on_start_run(self, message: StartRun) -> None:
         args = ["run", str(message.preset), "--jsonl", "--name", message.name, "--runs-dir", str(self.runs_dir)]
         self.start_session(RunState(name=message.name, run_dir=self.runs_dir / message.name), args)

@@ -13,7 +13,7 @@ cli = typer.Typer(add_completion=False, help="FBT Workbench: pick a pair, previe
 @cli.command()
 def tui(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")] = Path("runs"),
-    preset: Annotated[Optional[Path], typer.Option("--preset", help="Preset TOML to open in Configure.")] = None,
+    preset: Annotated[Optional[Path], typer.Option("--preset", help="Preset TOML to load: its pair, input size and model kwargs are what the header, Preview and Configure show.")] = None,
 ) -> None:
     """Start the workbench. Set FBT_ENGINE to use another engine command than `fbt-engine`."""
     from .app import FbtApp  # imported here so `--help` stays instant

@@ -1,7 +1,7 @@
 """Typed messages: one per background result, and the requests screens send up to the app.
 
-Attributes flow down (the app sets reactive attributes that screens watch); results and
-requests flow up as these messages.
+Attributes flow down (the app sets reactive attributes, `state` above all, that screens watch);
+results and requests flow up as these messages.
 """
 
 from __future__ import annotations
@@ -56,6 +56,33 @@ class PairChosen(Message):
         super().__init__()
         self.role = role
         self.name = name
+
+
+class PresetEdited(Message):
+    """Set one preset key in the app state (`remove`: drop it, so the engine default applies)."""
+
+    def __init__(self, key: str, value: Any = None, remove: bool = False) -> None:
+        super().__init__()
+        self.key = key
+        self.value = value
+        self.remove = remove
+
+
+class LoadPreset(Message):
+    """Load a preset file into the app state (the app asks first when it would replace a picked pair)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+
+class PresetSaved(Message):
+    """The working preset was written to `path` as `text`: that file is now the loaded one."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        super().__init__()
+        self.path = path
+        self.text = text
 
 
 class StartRun(Message):

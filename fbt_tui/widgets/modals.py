@@ -1,4 +1,4 @@
-"""Small modal dialogs: a yes/no confirmation and the quit-with-a-live-run question."""
+"""Small modal dialogs: confirmations (kill, overwrite, pair), and the quit-with-a-live-run question."""
 
 from __future__ import annotations
 
@@ -19,21 +19,23 @@ class ChoiceModal(ModalScreen[str]):
     ChoiceModal Button { margin-right: 1; }
     """
 
-    def __init__(self, question: str, choices: list[tuple[str, str]]) -> None:
+    def __init__(self, question: str, choices: list[tuple[str, str]], danger: bool = True) -> None:
         super().__init__()
         self.question = question
         self.choices = choices  # (id, label)
+        self.danger = danger  # the first choice destroys something: show it in red
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)
             with Horizontal():
                 for i, (choice_id, label) in enumerate(self.choices):
-                    yield Button(label, id=choice_id, variant="error" if i == 0 else "default")
+                    variant = ("error" if self.danger else "primary") if i == 0 else "default"
+                    yield Button(label, id=choice_id, variant=variant)
 
     def on_mount(self) -> None:
-        # Focus the last (safest) button, so a stray enter never kills anything.
-        self.query(Button).last().focus()
+        # Focus the last (safest) button, so a stray enter never kills or overwrites anything.
+        self.set_focus(self.query(Button).last())
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id or "cancel")
@@ -43,6 +45,14 @@ def kill_modal(run: str) -> ChoiceModal:
     """Confirmation before SIGKILL."""
     return ChoiceModal(f"Kill run {run!r} now? No checkpoint is written and no final event either.",
                        [("kill", "Kill"), ("cancel", "Cancel")])
+
+
+def overwrite_modal(path: str, changes: list[str]) -> ChoiceModal:
+    """Confirmation before a preset file is replaced."""
+    what = f" with {len(changes)} changed key(s): {', '.join(changes[:8])}{' ...' if len(changes) > 8 else ''}" \
+        if changes else ""
+    return ChoiceModal(f"{path} exists. Overwrite it{what}? Its comments are kept; only keys that differ "
+                       "from the engine defaults are added.", [("overwrite", "Overwrite"), ("cancel", "Cancel")])
 
 
 def quit_modal(run: str) -> ChoiceModal:

@@ -1,9 +1,11 @@
-"""Catalog screen: loading from the engine, search per keystroke, kind filter, sort, t/s."""
+"""Catalog screen: loading from the engine, search as you type, kind filter, sort, ctrl+t/ctrl+s."""
 
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Select, Static
+from textual.widgets import Input, Select, Static
+
+from fbt_tui.widgets.model_table import ModelTable
 
 from tui_helpers import SIZE, catalog_ready, make_app, wait_for
 
@@ -11,7 +13,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def names(app) -> list[str]:  # type: ignore[no-untyped-def]
-    table = app.screen.query_one("#models", DataTable)
+    table = app.screen.query_one("#models", ModelTable)
     return [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
 
 
@@ -36,23 +38,23 @@ async def test_names_first_then_parameter_counts(fake_engine, workdir, monkeypat
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
-        table = app.screen.query_one("#models", DataTable)
+        table = app.screen.query_one("#models", ModelTable)
         await wait_for(pilot, lambda: "11.7M" in [str(c) for c in table.get_row("resnet18")], what="counts")
     lines = calls.read_text().splitlines()
     assert lines[:2] == ["models --json --no-counts", "models --json"]
 
 
-async def test_search_filters_per_keystroke(fake_engine, workdir) -> None:
+async def test_search_filters_as_you_type(fake_engine, workdir) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
         await pilot.press("slash", "r", "e", "s")
-        # "res" matches resnet18/50 and resmlp by name; the filter runs on each key.
-        assert set(names(app)) == {"resnet18", "resnet50", "resmlp_12_224"}
+        # "res" matches resnet18/50 and resmlp by name; keystrokes within SEARCH_S share one filter.
+        await wait_for(pilot, lambda: set(names(app)) == {"resnet18", "resnet50", "resmlp_12_224"}, what="res")
         await pilot.press("n")
-        assert set(names(app)) == {"resnet18", "resnet50"}
+        await wait_for(pilot, lambda: set(names(app)) == {"resnet18", "resnet50"}, what="resn")
         await pilot.press("backspace", "backspace", "backspace", "backspace")
-        assert len(names(app)) == 13
+        await wait_for(pilot, lambda: len(names(app)) == 13, what="all again")
 
 
 async def test_kind_filter_and_fusable(fake_engine, workdir) -> None:
@@ -79,18 +81,19 @@ async def test_sort_by_column(fake_engine, workdir) -> None:
         app.screen.set_sort("params")  # again: descending, unknown still last
         await pilot.pause()
         assert names(app)[0] == "mixer_b16_224" and names(app)[-1] == "legacy_senet154"
-        await pilot.press("o")  # cycles to the next column
+        await pilot.press("ctrl+o")  # cycles to the next column (letters search)
         assert app.screen.sort_key == "input_size"
 
 
-async def test_t_and_s_choose_the_pair_shown_in_header(fake_engine, workdir) -> None:
+async def test_ctrl_t_and_ctrl_s_choose_the_pair_shown_in_header(fake_engine, workdir) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         await loaded(pilot)
-        await pilot.press("slash", *"swin", "enter", "t")
-        await pilot.press("slash", *"resnet18", "enter", "s")  # focus selects all: typing replaces
+        await pilot.press(*"swin", "ctrl+t")  # typing on the table searches; ctrl+t picks from the box
+        await pilot.press(*"resnet18", "ctrl+s")  # the pick ended that search: this is a new one
         await pilot.pause()
         assert (app.teacher, app.student) == ("swin_tiny_patch4_window7_224", "resnet18")
+        assert app.screen.query_one("#search", Input).value == "resnet18"
         header = str(app.screen.query_one("PairHeader").render())
         assert "swin_tiny_patch4_window7_224" in header and "resnet18" in header
         await pilot.press("3")  # the header follows to other screens

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
+
+from fbt_tui.widgets.model_table import ModelTable
 
 from tui_helpers import SIZE, make_app, wait_for
 
@@ -41,7 +43,7 @@ async def test_count_progress_shows_then_counts_fill_in(workdir: Path, monkeypat
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
         bar = app.screen.query_one("#catalog-progress", Static)
-        table = app.screen.query_one("#models", DataTable)
+        table = app.screen.query_one("#models", ModelTable)
         await wait_for(pilot, lambda: "counting 2/3" in str(bar.render()) and bar.display, what="progress")
         assert "not in the shipped table" in str(bar.render())
         assert str(table.get_row("resnet18")[3]) == "?"  # names are listed while counting

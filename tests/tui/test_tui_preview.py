@@ -29,7 +29,8 @@ async def test_preview_shows_stages_chain_params_summary(fake_engine, workdir) -
         await wait_for(pilot, lambda: screen.shown_key is not None, what="preview")
         assert "resnet18 stem..stage3 > L2G" in chain(screen)
         assert screen.query_one("#teacher-stages", DataTable).row_count == 5
-        assert screen.query_one("#student-stages", DataTable).get_row_at(4)[2] == "512x7x7"
+        # No preset: the engine default input size (32 px), which is what a run would train.
+        assert screen.query_one("#student-stages", DataTable).get_row_at(4)[2] == "512x1x1"
         assert screen.query_one("#params", DataTable).row_count == 6
         assert "2.35 G" in str(screen.query_one("#mult-adds", Static).render())
         summary = screen.query_one("#summary", TextArea).text

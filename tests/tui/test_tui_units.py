@@ -11,7 +11,7 @@ from fbt_tui.engine_client import engine_command, parse_error
 from fbt_tui.run_state import RunState, ema
 from fbt_tui.runs import format_duration, scan_runs
 from fbt_tui.screens.catalog import filter_models, format_params, sort_models
-from fbt_tui.screens.configure import FIELDS, error_key, override_for, unique_name
+from fbt_tui.screens.configure import FIELDS, error_key, field_value, unique_name
 from fbt_tui.widgets.charts import thin
 from fbt_engine.errors import ConfigError
 
@@ -94,7 +94,10 @@ def test_catalog_filters() -> None:
 def test_configure_helpers(tmp_path: Path) -> None:
     name = next(f for f in FIELDS if f.key == "name")
     epochs = next(f for f in FIELDS if f.key == "train.epochs")
-    assert override_for(name, "123") == 'name="123"' and override_for(epochs, " 5 ") == "train.epochs=5"
+    assert field_value(name, "123") == (False, "123") and field_value(epochs, " 5 ") == (False, 5)  # "123" stays a string
+    kwargs, teacher_epochs = (next(f for f in FIELDS if f.key == k) for k in ("student.kwargs", "teacher.train.epochs"))
+    assert field_value(kwargs, "{patch_size = 8}") == (False, {"patch_size": 8}) and field_value(kwargs, " ")[0]
+    assert field_value(teacher_epochs, "")[0] and field_value(epochs, "abc") == (False, "abc")  # abc: named by validation
     assert error_key(ConfigError("`train.lr` in x must be > 0")) == "train.lr"
     (tmp_path / "a").mkdir()
     assert unique_name(tmp_path, "a") == "a-2" and unique_name(tmp_path, "b") == "b"

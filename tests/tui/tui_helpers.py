@@ -88,8 +88,8 @@ def kill_leftovers(app) -> None:  # type: ignore[no-untyped-def]
 
 def catalog_ready(app) -> bool:  # type: ignore[no-untyped-def]
     """The catalog holds both engine answers: names (`--no-counts`) and then parameter counts."""
-    table = app.screen.query_one("#models")
-    return "resnet18" in table.rows and any("M" in str(c) for c in table.get_row("resnet18")[3:4])
+    table = app.screen.query_one("#models")  # a ModelTable (fbt_tui/widgets/model_table.py)
+    return table.has_key("resnet18") and "M" in table.get_row("resnet18")[3]
 
 
 async def runs_screen(pilot):  # type: ignore[no-untyped-def]
@@ -100,3 +100,18 @@ async def runs_screen(pilot):  # type: ignore[no-untyped-def]
     await wait_for(pilot, lambda: screen.query_one("#runs", DataTable).row_count == len(screen.runs) > 0, what="scan")
     screen.query_one("#runs", DataTable).focus()
     return screen
+
+
+def burst(app, keys) -> None:  # type: ignore[no-untyped-def]
+    """Send keys the way a terminal delivers a fast burst: all queued at once, no pause between
+    them (Pilot's `press` waits for the app to go idle after every key, which hides races)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for key in keys:
+        if len(key) == 1:
+            event = events.Key(key if key.isalnum() else _character_to_key(key), key)
+        else:
+            event = events.Key(key, None)
+        event.set_sender(app)
+        app._driver.send_message(event)
