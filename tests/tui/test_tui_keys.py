@@ -147,5 +147,10 @@ async def test_command_palette_runs_the_apps_actions(fake_engine, workdir) -> No
         await pilot.click("#preset")
         await wait_for(pilot, lambda: str(app.state.path) == "presets/other.toml", what="loaded")
         assert app.teacher == "swin_tiny_patch4_window7_224"
+        await palette(pilot, "save preset")  # Configure's save: the file exists, so it asks
+        await wait_for(pilot, lambda: app.screen.query("#overwrite"), what="the overwrite question")
+        await pilot.press("escape")
+        await palette(pilot, "compare runs")
+        assert app.current_mode == "runs"
         await palette(pilot, "help every key")
         assert "HelpScreen" in type(app.screen).__name__
