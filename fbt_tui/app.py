@@ -23,6 +23,7 @@ from fbt_engine.errors import ConfigError
 
 from .commands import FbtCommands
 from .engine_client import RunSession
+from .service import EngineService
 from .messages import CatalogLoaded, LoadPreset, OpenRun, PairChosen, PresetEdited, PresetSaved, RunEnded, StartRun
 from .run_state import RunState, replay
 from .runs import RunSummary
@@ -101,14 +102,19 @@ class FbtApp(App[None]):
         self.sysmon = sysmon
         self.start_mode = start_mode
         self.session: RunSession | None = None
+        self.service = EngineService()  # one warm `fbt-engine serve` per session, for previews
         self.model_names: list[str] = []  # the catalog's names, for the command palette
         self.set_reactive(FbtApp.state, initial_state(preset))  # the header shows the pair at once
 
     def on_mount(self) -> None:
+        self.run_worker(self.service.start(), group="service", exit_on_error=False)  # torch warms meanwhile
         self.switch_mode(self.start_mode)
         self.set_interval(0.5, self._update_run_label)
         if self.state.problem:
             self.notify(self.state.problem, severity="error", timeout=8, markup=False)
+
+    async def on_unmount(self) -> None:
+        await self.service.close()
 
     def _update_run_label(self) -> None:
         s = self.session

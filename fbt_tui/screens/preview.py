@@ -19,7 +19,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Input, Label, Select, Static, TextArea
 
-from ..engine_client import EngineError, run_json
+from ..engine_client import EngineError
+from ..service import Superseded
 from ..messages import EngineFailed, PresetEdited, PreviewLoaded
 from ..state import AppState, toml_text
 from .base import FbtScreen
@@ -75,9 +76,10 @@ def fuse_args(key: Key) -> list[str]:
     return args
 
 
-async def ask_engine(key: Key) -> Any:
-    """The engine's answer to one preview request (the one call a warm engine service replaces)."""
-    return await run_json(fuse_args(key))
+async def ask_engine(app: Any, key: Key) -> Any:
+    """The warm engine service's answer to one preview request (`fbt-engine serve`, started with the
+    app); a newer request supersedes an older one there."""
+    return await app.service.fuse(key.teacher, key.student, **key.fields())
 
 
 def format_shape(shape: Any) -> str:
@@ -253,7 +255,9 @@ class PreviewScreen(FbtScreen):
     @work(exclusive=True, group="preview")
     async def fetch(self, key: Key) -> None:
         try:
-            data = await ask_engine(key)
+            data = await ask_engine(self.app, key)
+        except Superseded:
+            return  # a newer request replaced it: its answer is the one to show
         except EngineError as err:
             self.post_message(EngineFailed("preview", err.message, err.hint))
             self.pending_key = None
@@ -282,6 +286,15 @@ class PreviewScreen(FbtScreen):
         self.shown_key = None
         hint = f"\nhint: {message.hint}" if message.hint else ""
         self._message(f"error: {message.message}{hint}", error=True)
+        self.clear_panels()
+
+    def clear_panels(self) -> None:
+        """No answer for another pair stays next to an error."""
+        self.query_one("#chain", Static).update("")
+        for table_id in ("#teacher-stages", "#student-stages", "#params"):
+            self.query_one(table_id, DataTable).clear()
+        self.query_one("#mult-adds", Static).update("")
+        self.query_one("#summary", TextArea).load_text("")
 
     def show(self, data: dict[str, Any]) -> None:
         """Fill every panel from one `fuse --json` answer."""

@@ -134,8 +134,12 @@ def as_command(req: P.Request) -> list[str]:
     if isinstance(req, P.ModelsRequest):
         return ["models", "--json"] + ([] if req.counts else ["--no-counts"])
     if isinstance(req, P.FuseRequest):
-        return [req.OP, req.teacher, req.student, "--json", "--img-size", str(req.img_size), "--order", req.order,
+        argv = [req.OP, req.teacher, req.student, "--json", "--img-size", str(req.img_size), "--order", req.order,
                 "--split", str(req.split), "--depth", str(req.depth)]
+        argv += ["--mixer", req.mixer] if req.mixer != "auto" else []
+        for role, kwargs in (("teacher", req.teacher_kwargs), ("student", req.student_kwargs)):
+            argv += [f"--{role}-kwargs", json.dumps(kwargs)] if kwargs else []
+        return argv
     if isinstance(req, P.ValidateRequest):
         return ["validate", req.preset]
     return [req.OP]
