@@ -75,7 +75,9 @@ def parse_error(stderr: str, returncode: int | None = None) -> EngineError:
         elif lines:
             message = lines[-1].strip()
         else:
-            message = f"the engine exited with code {returncode} and printed nothing"
+            from .run_state import describe_exit  # signals named, e.g. SIGKILL: possibly out of memory
+            words = describe_exit(returncode) if returncode is not None else ""
+            message = f"the engine exited with code {returncode} and printed nothing" + (f": {words}" if words else "")
     return EngineError(message, hint, returncode)
 
 

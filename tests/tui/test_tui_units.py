@@ -107,3 +107,10 @@ def test_configure_helpers(tmp_path: Path) -> None:
 def test_log_line_is_kept_as_text() -> None:
     assert isinstance(decode("not json"), LogLine)
     assert json.loads('{"a": 1}') == {"a": 1}
+
+
+def test_one_shot_engine_killed_by_a_signal_is_named() -> None:
+    from fbt_tui.engine_client import parse_error
+    err = parse_error("", -9)
+    assert "SIGKILL" in err.message and "out of memory" in err.message and err.returncode == -9
+    assert parse_error("", 3).message == "the engine exited with code 3 and printed nothing"
