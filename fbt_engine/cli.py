@@ -18,6 +18,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Fuse Before Transfer: distil any timm teacher into any timm student.")
 
 
+def _version(value: bool) -> None:
+    if value:  # versions from package metadata: no torch import for `--version`
+        from importlib.metadata import PackageNotFoundError, version
+
+        def v(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+        from .protocol import PROTOCOL_VERSION
+        typer.echo(f"fbt-engine {v('fbt-workbench')} (torch {v('torch')}, timm {v('timm')}, protocol {PROTOCOL_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the versions and exit.")] = False) -> None:
+    """Fuse Before Transfer: distil any timm teacher into any timm student."""
+
+
 def _fail(exc: FBTError) -> None:
     typer.echo(f"error: {exc.message}", err=True)
     if exc.hint:

@@ -14,8 +14,13 @@ cli = typer.Typer(add_completion=False, help="FBT Workbench: pick a pair, previe
 def tui(
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Folder holding run folders.")] = Path("runs"),
     preset: Annotated[Optional[Path], typer.Option("--preset", help="Preset TOML to load: its pair, input size and model kwargs are what the header, Preview and Configure show.")] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """Start the workbench. Set FBT_ENGINE to use another engine command than `fbt-engine`."""
+    if version:
+        from importlib.metadata import version as package_version
+        typer.echo(f"fbt-tui {package_version('fbt-workbench')}")
+        raise typer.Exit()
     from .app import FbtApp  # imported here so `--help` stays instant
 
     FbtApp(runs_dir=runs_dir, preset=preset).run()

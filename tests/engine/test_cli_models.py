@@ -145,3 +145,14 @@ def test_console_script_error_has_no_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown model") and "Traceback" not in proc.stderr
+
+
+def test_version_names_the_package_torch_timm_and_protocol() -> None:
+    from importlib.metadata import version
+
+    from fbt_engine.cli import app
+    from fbt_engine.protocol import PROTOCOL_VERSION
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == (f"fbt-engine {version('fbt-workbench')} (torch {version('torch')}, "
+                                     f"timm {version('timm')}, protocol {PROTOCOL_VERSION})")
