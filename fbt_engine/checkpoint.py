@@ -99,9 +99,11 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, flags.tolist()) if not ok]
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") -> str:
+def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model",
+                 metadata: dict[str, str] | None = None) -> str:
     """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads);
-    returns the file's digest (as `file_digest` would give, without reading it back).
+    returns the file's digest (as `file_digest` would give, without reading it back). `metadata`
+    (strings only) goes into the file's header.
 
     Refuses weights holding NaN/inf: a diverged model is never exported.
     """
@@ -112,9 +114,56 @@ def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model") 
         raise NonFiniteWeights(f"the {what} weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); "
                                f"{Path(path).name} was not written",
                                "lower the learning rate or enable train.grad_clip; the last good checkpoint is kept")
-    data = save(sd)
+    data = save(sd, metadata={"format": "pt", **(metadata or {})})
     write_bytes_atomic(data, path)
     return _digest(data)
+
+
+def timm_config(model: torch.nn.Module, img_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                num_classes: int, label_names: tuple[str, ...] = (), interpolation: str = "bilinear",
+                crop_pct: float = 1.0) -> dict[str, Any]:
+    """A timm/HF-hub style config.json for an exported model: its architecture, constructor arguments
+    and the preprocessing it was trained with, so `timm.data.resolve_data_config(model=...)` gives the
+    run's input size, mean and std instead of the architecture's ImageNet defaults."""
+    base = dict(getattr(model, "pretrained_cfg", None) or {})
+    for key in ("url", "hf_hub_id", "hf_hub_filename", "file", "source", "tag", "custom_load", "test_input_size",
+                "test_crop_pct", "min_input_size", "license", "origin_url", "paper_ids", "paper_name", "notes"):
+        base.pop(key, None)
+    chans = 3 if len(mean) in (1, 3) else len(mean)
+    stats = lambda v: [float(x) for x in (v * chans if len(v) == 1 else v)]  # noqa: E731
+    pretrained_cfg = {**base, "input_size": [chans, img_size, img_size], "fixed_input_size": False,
+                      "interpolation": interpolation, "crop_pct": crop_pct, "crop_mode": "center",
+                      "mean": stats(mean), "std": stats(std), "num_classes": num_classes}
+    if "pool_size" in pretrained_cfg:  # the architecture's 224 px figure; wrong at other sizes
+        pretrained_cfg.pop("pool_size")
+    if label_names:
+        pretrained_cfg["label_names"] = list(label_names)
+    model_args = {k: v for k, v in (getattr(model, "_model_args", None) or {}).items() if k != "pretrained"}
+    return {"architecture": base.get("architecture") or type(model).__name__.lower(), "num_classes": num_classes,
+            "num_features": getattr(model, "num_features", None), "model_args": _plain(model_args),
+            "pretrained_cfg": _plain(pretrained_cfg)}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: tuples as lists, anything exotic as its string."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def export_model(model: torch.nn.Module, path: str | Path, config: dict[str, Any], what: str = "student") -> str:
+    """`save_weights` plus the preprocessing: `config` (see `timm_config`) in the file's metadata and as
+    config.json beside it (written after the weights). Returns the weights' digest."""
+    import json
+    path = Path(path)
+    text = json.dumps(config, indent=2)
+    meta = {"config": text, "architecture": str(config.get("architecture")),
+            "pretrained_cfg": json.dumps(config.get("pretrained_cfg", {}))}
+    digest = save_weights(model, path, what, metadata=meta)
+    write_bytes_atomic((text + "\n").encode("utf-8"), path.with_name("config.json"))
+    return digest
 
 
 # --- RNG state (plain tensors and ints, so checkpoints load with weights_only=True) -----------

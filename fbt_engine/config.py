@@ -156,6 +156,14 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Where metrics go besides events.jsonl and summary.csv (always written). Does not change the
+    run's numbers, so it is left out of config_hash: a run may be resumed with logging switched."""
+
+    tensorboard: bool = False  # runs/<name>/tensorboard/ (needs `pip install tensorboard`)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     method: str = "fbt"
@@ -168,6 +176,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # --- building from plain data -------------------------------------------------------------
@@ -567,6 +576,7 @@ def config_hash(cfg: RunConfig) -> str:
     data = to_dict(cfg)
     data.pop("name", None)
     data.pop("runs_dir", None)
+    data.pop("log", None)  # where metrics are written does not change them
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -575,5 +585,5 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
 
 
 __all__ = ["RunConfig", "ModelConfig", "TeacherTrainConfig", "DataConfig", "AugConfig", "TrainConfig",
-           "FusionConfig", "LossConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate", "check_name",
+           "FusionConfig", "LossConfig", "LogConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate", "check_name",
            "apply_overrides", "parse_value", "config_hash", "with_overrides", "replace", "METHODS", "DATASETS"]

@@ -42,6 +42,8 @@ def check(cfg: C.RunConfig, num_classes: int | None = None, source: str = "<pres
     models = _check_models(cfg, num_classes or class_count(cfg), source, report)
     check_augmentation(cfg, source)
     report.ok("augmentation settings build")
+    if check_tensorboard(cfg, source):
+        report.ok("tensorboard is installed (log.tensorboard)")
     check_files(cfg, models, report)
     check_writable(Path(cfg.runs_dir), "the runs folder (--runs-dir / runs_dir)")
     report.ok(f"runs folder {cfg.runs_dir!r} is writable")
@@ -182,6 +184,21 @@ def check_optimizer(module: Any, tc: C.TrainConfig, source: str, section: str = 
         raise ConfigError(f"`{section}.optimizer` = {tc.optimizer!r} in {source} cannot be created here: "
                           f"{(str(exc).splitlines() or [type(exc).__name__])[0]}",
                           "pick an optimizer that needs no extra package (sgd, adamw, lamb, lion)") from None
+
+
+def check_tensorboard(cfg: C.RunConfig, source: str = "<preset>") -> bool:
+    """With `log.tensorboard = true`, torch's SummaryWriter must import (it needs the `tensorboard`
+    package, which the engine does not depend on). True when checked, False when not asked for."""
+    if not cfg.log.tensorboard:
+        return False
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken protobuf under it
+        raise ConfigError(f"`log.tensorboard = true` in {source}, but TensorBoard logging cannot start "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                          "pip install tensorboard, or set log.tensorboard = false "
+                          "(summary.csv and events.jsonl are written either way)") from None
+    return True
 
 
 def check_augmentation(cfg: C.RunConfig, source: str = "<preset>") -> None:

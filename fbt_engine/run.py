@@ -4,7 +4,10 @@
     runs/<name>/events.jsonl       every event (see events.py)
     runs/<name>/log.txt            human-readable progress and any traceback
     runs/<name>/checkpoints/       last.pt, best.pt (distill), teacher-last.pt (teacher phase)
+    runs/<name>/summary.csv        one row per evaluated epoch (timm train.py style; see loggers.py)
+    runs/<name>/tensorboard/       with `[log] tensorboard = true`
     runs/<name>/student.safetensors, teacher.safetensors (when trained here)
+    runs/<name>/config.json        the student's timm config: architecture, args, preprocessing
     runs/<name>/.lock              held by the process writing the folder
 
 Order of work (fail before work starts): validate the config -> preflight (models on the meta
@@ -146,8 +149,11 @@ class Run:
         self.stop.on_request = lambda: self.reporter.note("stop requested: finishing this step and saving a "
                                                           "checkpoint (Ctrl-C again aborts at once)")
         self.stop.on_hangup = self._hangup
+        from .loggers import build_loggers
+        self.loggers = build_loggers(cfg.log, run_dir, self.reporter.note) if is_main else None
+        listeners = [self.reporter.on_event, *([self.loggers] if self.loggers else [])]
         self.emitter = Emitter(cfg.name, run_dir / "events.jsonl", sys.stdout if jsonl else None, enabled=is_main,
-                               listeners=[self.reporter.on_event], t_offset=(resume or {}).get("elapsed", 0.0))
+                               listeners=listeners, t_offset=(resume or {}).get("elapsed", 0.0))
 
     def _hangup(self) -> None:
         self.reporter.detach()
@@ -186,6 +192,8 @@ class Run:
             self.stop.uninstall()
             self.reporter.close()
             self.emitter.close()
+            if self.loggers is not None:
+                self.loggers.close()
             if self.lock is not None:
                 self.lock.release()
 
@@ -358,13 +366,12 @@ class Run:
         return str(ckpt_dir / "best.pt") if best and loop.phase.name == "distill" else str(last)
 
     def _finish(self, reason: str, loop: Any) -> int:
-        from .checkpoint import save_weights
         duration = time.monotonic() - self.started
         st = loop.state if loop is not None else None
         student_path = ""
         if loop is not None and reason == "completed" and self.rt.rank == 0:
             student_path = str(self.dir / "student.safetensors")
-            save_weights(loop.module.model, student_path, "student")
+            self._export_student(loop.module.model, student_path)
         best = {"epoch": st.best_epoch, "student_top1": st.best.get("student_top1")} if st and st.best else {}
         last = {"epoch": st.last.get("epoch"), "student_top1": st.last.get("student_top1")} if st and st.last else {}
         faults.point("finish")
@@ -375,6 +382,16 @@ class Run:
         if reason == "stopped":
             self.reporter.note(f"stopped; continue with: fbt-engine resume {self.dir}")
         return 0
+
+
+    def _export_student(self, model: Any, path: str) -> None:
+        """student.safetensors with its preprocessing (metadata + config.json), so timm resolves the
+        run's input size, mean and std (the evaluation transform: resize, no crop, bilinear)."""
+        from .checkpoint import export_model, timm_config
+        info = self.info
+        config = timm_config(getattr(model, "_orig_mod", model), self.cfg.data.img_size, info.mean, info.std,
+                             info.num_classes, info.class_names)
+        export_model(model, path, config, "student")
 
 
 # --- entry points used by the CLI -------------------------------------------------------------

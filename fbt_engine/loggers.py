@@ -1,0 +1,170 @@
+"""Metrics where users look for them: events in, one row per evaluated epoch out, to each sink.
+
+    runs/<name>/summary.csv      always (timm train.py style: one row per evaluated epoch)
+    runs/<name>/tensorboard/     with `[log] tensorboard = true` (needs `pip install tensorboard`)
+
+`EpochRows` listens to the run's events (it is an `Emitter` listener, so only rank 0 sees them):
+`step` events are averaged into the epoch's train loss and loss terms, and each `eval` event closes
+the row. Each sink is one small class with `row(row)`, optional `step(event)` and `close()`.
+
+Adding a sink (W&B, MLflow, trackio: not implemented) is one class with those methods, built in
+`build_loggers` behind its own `[log]` switch, with a preflight check that its package imports, e.g.
+`wandb.init(dir=run_dir, config=config)` + `wandb.log(row, step=row["epoch"])` + `wandb.finish()`.
+
+A sink never stops a run: a failed write is reported once and the run goes on (summary.csv is
+rewritten whole each epoch, so the next epoch repairs it).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from .events import Event
+
+SUMMARY = "summary.csv"
+TENSORBOARD = "tensorboard"
+# Fixed leading columns; loss terms (which depend on the method) follow train_loss in the order seen.
+HEAD = ("phase", "epoch", "train_loss")
+TAIL = ("eval_top1", "eval_top5", "fused_top1", "teacher_top1", "ema_top1", "lr", "time")
+
+
+class Sink(Protocol):
+    def row(self, row: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
+
+
+def _number(value: Any) -> Any:
+    return "" if value is None else value
+
+
+class CsvSink:
+    """summary.csv, rewritten whole (atomically) per row; a resumed run keeps the rows written before
+    its checkpoint and replaces the epochs it repeats, so no epoch appears twice."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / SUMMARY
+        self.rows: list[dict[str, Any]] = []
+        self.columns: list[str] = []
+        try:  # a resumed run: keep what was logged before (a damaged file is started afresh)
+            with open(self.path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                self.columns = list(reader.fieldnames or [])
+                self.rows = [dict(r) for r in reader if str(r.get("epoch") or "").isdigit()]
+        except (OSError, UnicodeDecodeError, csv.Error):
+            self.rows, self.columns = [], []
+
+    def row(self, row: dict[str, Any]) -> None:
+        from .checkpoint import write_bytes_atomic
+        phase, epoch = row["phase"], int(row["epoch"])
+        # an epoch repeated after a resume (and anything logged after it) is superseded
+        self.rows = [r for r in self.rows if r.get("phase") != phase or int(r.get("epoch") or 0) < epoch]
+        self.rows.append(row)
+        for key in row:
+            if key not in self.columns:
+                self.columns.append(key)
+        write_bytes_atomic(self.render().encode("utf-8"), self.path)
+
+    def render(self) -> str:
+        terms = [c for c in self.columns if c not in HEAD and c not in TAIL]
+        order = [*HEAD, *terms, *TAIL]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=order, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for r in self.rows:
+            writer.writerow({k: _number(r.get(k)) for k in order})
+        return buf.getvalue()
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardSink:
+    """Scalars under runs/<name>/tensorboard: per step `<phase>/train/<term>` (x: global step), per
+    epoch `<phase>/<column>` (x: epoch)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD))
+
+    def step(self, ev: Event) -> None:
+        phase, step = ev.get("phase", "distill"), ev.get("step", 0)
+        scalars = {"loss": ev.get("loss"), "lr": ev.get("lr"), **(ev.get("terms") or {})}
+        for name, value in scalars.items():
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{phase}/train/{name}", value, step)
+
+    def row(self, row: dict[str, Any]) -> None:
+        for name, value in row.items():
+            if name not in ("phase", "epoch", "time") and isinstance(value, (int, float)):
+                self.writer.add_scalar(f"{row['phase']}/{name}", value, row["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class EpochRows:
+    """The Emitter listener: turns `step` + `eval` events into one row per evaluated epoch."""
+
+    def __init__(self, sinks: list[Any], note: Callable[[str], None] | None = None) -> None:
+        self.sinks, self.note = sinks, note
+        self._steps: list[Event] = []
+        self._failed: set[str] = set()
+
+    def __call__(self, ev: Event) -> None:
+        if ev.type == "step":
+            self._steps.append(ev)
+            self._each("step", ev)
+        elif ev.type == "eval":
+            self._each("row", self.make_row(ev))
+            self._steps = []
+
+    def make_row(self, ev: Event) -> dict[str, Any]:
+        steps = [s for s in self._steps if s.get("phase") == ev.get("phase") and s.get("epoch") == ev.get("epoch")]
+        row: dict[str, Any] = {"phase": ev.get("phase"), "epoch": ev.get("epoch"), "train_loss": _mean(steps, "loss")}
+        names = [n for s in steps for n in (s.get("terms") or {})]
+        for name in dict.fromkeys(names):
+            row[name] = _mean([s for s in steps if name in (s.get("terms") or {})], name, terms=True)
+        student = ev.get("student_top1")
+        row.update(eval_top1=student if student is not None else ev.get("teacher_top1"),
+                   eval_top5=ev.get("student_top5"), fused_top1=ev.get("fused_top1"),
+                   teacher_top1=ev.get("teacher_top1"), ema_top1=ev.get("ema_top1"),
+                   lr=steps[-1].get("lr") if steps else None, time=round(ev.t, 1))
+        return row
+
+    def _each(self, method: str, arg: Any) -> None:
+        for sink in self.sinks:
+            fn = getattr(sink, method, None)
+            if fn is None:
+                continue
+            try:
+                fn(arg)
+            except Exception as exc:  # noqa: BLE001 - a metrics sink never stops training
+                name = type(sink).__name__
+                if name not in self._failed and self.note is not None:
+                    self.note(f"{name}: could not write metrics ({exc}); training goes on")
+                self._failed.add(name)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _mean(steps: list[Event], key: str, terms: bool = False) -> float | None:
+    values = [(s.get("terms") or {}).get(key) if terms else s.get(key) for s in steps]
+    values = [v for v in values if isinstance(v, (int, float))]
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def build_loggers(log_cfg: Any, run_dir: Path, note: Callable[[str], None] | None = None) -> EpochRows:
+    """The sinks a run's `[log]` table asks for (summary.csv always). Rank 0 only."""
+    sinks: list[Any] = [CsvSink(run_dir)]
+    if log_cfg.tensorboard:
+        sinks.append(TensorBoardSink(run_dir))
+    return EpochRows(sinks, note)
