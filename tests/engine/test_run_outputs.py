@@ -142,3 +142,7 @@ def test_exported_student_carries_its_preprocessing(teacher_file, tmp_path):
     assert data_cfg["interpolation"] == "bilinear"
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["module"]
     torch.testing.assert_close(model.head.weight, trained["student.head.weight"])
+    # the one-liner: timm reads config.json and the folder's .safetensors (student sorts before teacher)
+    local = timm.create_model(f"local-dir:{run_dir}", pretrained=True)
+    assert resolve_data_config(model=local) == data_cfg
+    torch.testing.assert_close(local.head.weight, trained["student.head.weight"])
