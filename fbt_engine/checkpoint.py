@@ -199,15 +199,17 @@ def _as_tuple(value: Any) -> Any:
 
 # --- reading ---------------------------------------------------------------------------------
 
-def _safe_torch_load(path: Path, what: str) -> Any:
-    """torch.load with weights_only=True; every failure becomes a DamagedFile naming the file."""
+def _safe_torch_load(path: Path, what: str, allow: tuple[type, ...] = ()) -> Any:
+    """torch.load with weights_only=True (plus the classes in `allow`, which only hold data);
+    every failure becomes a DamagedFile naming the file."""
     from safetensors import SafetensorError  # torch.load reads a *.safetensors name with safetensors
     if path.stat().st_size == 0:
         raise DamagedFile(f"{what} {str(path)!r} is empty (0 bytes)", _damaged_hint(path))
     try:
         with warnings.catch_warnings():  # "Detected pickle protocol 4": noise before the refusal below
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(allow)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # a class or function the weights-only unpickler does not allow
             raise DamagedFile(f"{what} {str(path)!r} holds Python objects other than weights, which could run code "
@@ -289,6 +291,8 @@ def load_first(paths: list[Path], note: Callable[[str], None] | None = None) -> 
 
 
 def _unwrap(sd: Any) -> dict[str, torch.Tensor]:
+    """The state_dict inside a training checkpoint (timm's train.py, DeiT's `model`, ours), with
+    DataParallel's `module.` and torch.compile's `_orig_mod.` prefixes removed (as timm's clean_state_dict)."""
     if not isinstance(sd, dict):
         return {}
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "student"):
@@ -301,10 +305,12 @@ def _unwrap(sd: Any) -> dict[str, torch.Tensor]:
 
 def read_state_dict(path: str | Path, what: str = "teacher") -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors or .pth/.pt/.bin file (weights-only), unwrapped from common wrappers."""
+    import argparse
     path = Path(path)
     if path.is_dir():
         raise TrainingError(f"{what} checkpoint {str(path)!r} is a directory, not a weights file",
-                            f"give the path of a .safetensors or .pth file for {what}.checkpoint")
+                            f"give the path of a .safetensors or .pth file for {what}.checkpoint, or name the "
+                            f"folder as {what}.model = \"local-dir:{path}\"")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -313,8 +319,8 @@ def read_state_dict(path: str | Path, what: str = "teacher") -> dict[str, torch.
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise DamagedFile(f"{what} checkpoint {str(path)!r} is damaged or not a safetensors file "
                               f"({_first_line(exc)})", _damaged_hint(path)) from None
-    else:
-        sd = _safe_torch_load(path, f"{what} checkpoint")
+    else:  # timm's train.py stores its argparse.Namespace beside the weights: data only, so allowed
+        sd = _safe_torch_load(path, f"{what} checkpoint", allow=(argparse.Namespace,))
     tensors = _unwrap(sd)
     if not tensors:
         raise DamagedFile(f"{what} checkpoint {str(path)!r} holds no tensors",
@@ -322,8 +328,38 @@ def read_state_dict(path: str | Path, what: str = "teacher") -> dict[str, torch.
     return tensors
 
 
-def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher") -> None:
-    """Load a .safetensors, or a .pth/.pt with weights_only=True, strictly into `model`."""
+class FreshClassifier(TrainingError):
+    """The weights fit the model except its classifier (another class count): the head would be random."""
+
+
+def classifier_keys(model: torch.nn.Module) -> list[str]:
+    """The state_dict keys of the model's classifier, as its timm pretrained_cfg names it."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    names = (names,) if isinstance(names, str) else tuple(names)
+    own = model.state_dict()
+    return [f"{n}.{p}" for n in names for p in ("weight", "bias") if f"{n}.{p}" in own]
+
+
+def timm_filter(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model module's own `checkpoint_filter_fn` (what timm's pretrained loading applies): older
+    timm layouts (Swin's `head.weight` of timm 0.6), original DeiT/ViT files, resized position tables."""
+    import sys
+    fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if fn is None:
+        return sd
+    try:
+        out = fn(dict(sd), model)
+    except Exception:  # a filter that does not understand this file: load it as it is, the fit check speaks
+        return sd
+    return {k: v for k, v in out.items() if isinstance(v, torch.Tensor)} if isinstance(out, dict) else sd
+
+
+def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher",
+                 fresh_head_ok: bool = False) -> list[str]:
+    """Load a .safetensors, or a .pth/.pt/.bin with weights_only=True, into `model`: through timm's
+    checkpoint filter, then strictly, except for a classifier of another class count. That one is
+    refused (FreshClassifier) unless `fresh_head_ok` (the teacher is fine-tuned next); returns the
+    classifier keys left freshly initialised ([] when the whole file fits)."""
     path = Path(path)
     if not path.exists():
         raise TrainingError(f"{what} checkpoint {str(path)!r} does not exist",
@@ -334,6 +370,13 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher"
     if bad:
         raise DamagedFile(f"{what} checkpoint {str(path)!r} holds NaN/inf in {len(bad)} tensors (e.g. {bad[0]})",
                           f"it comes from a diverged run: use another {what} checkpoint")
+    sd = timm_filter(model, sd)
+    own = model.state_dict()
+    head = classifier_keys(model)
+    fresh = [k for k in head if k not in sd or sd[k].shape != own[k].shape]
+    if fresh:
+        _fresh_head(what, path, sd, own, fresh, fresh_head_ok)
+        sd = {k: v for k, v in sd.items() if k not in head}
     try:
         result = model.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatch: another model, img_size or num_classes
@@ -342,11 +385,28 @@ def load_weights(model: torch.nn.Module, path: str | Path, what: str = "teacher"
                             f"{lines[1].strip() if len(lines) > 1 else exc}",
                             "it was trained with another model, img_size, kwargs or num_classes; "
                             "delete it to retrain, or point the preset at a matching file") from None
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys if k not in head]
+    if missing or result.unexpected_keys:
         raise TrainingError(
-            f"{what} checkpoint {str(path)!r} does not fit the model: missing {result.missing_keys[:3]}, "
+            f"{what} checkpoint {str(path)!r} does not fit the model: missing {missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]}",
             "check the model name, its kwargs and num_classes against the ones the checkpoint was trained with")
+    return fresh
+
+
+def _fresh_head(what: str, path: Path, sd: dict, own: dict, fresh: list[str], ok: bool) -> None:
+    """Refuse a checkpoint whose classifier does not fit, unless the teacher is fine-tuned next."""
+    if ok:
+        return
+    key = fresh[0]
+    had = f"a classifier of shape {list(sd[key].shape)}" if key in sd else "no classifier"
+    raise FreshClassifier(
+        f"{what} checkpoint {str(path)!r} has {had} for {key}, the model needs {list(own[key].shape)} "
+        "(another class count): its classifier would be freshly initialised, and distilling from it "
+        "teaches noise",
+        "add a [teacher.train] section to fine-tune it on this dataset first (tune = \"head\" trains the "
+        "classifier alone, \"all\" the whole model), or give a checkpoint trained on this dataset"
+        if what == "teacher" else f"give a {what} checkpoint trained with this dataset's class count, or none")
 
 
 def file_digest(path: str | Path) -> str:

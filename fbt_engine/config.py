@@ -40,6 +40,9 @@ class TeacherTrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 0
     batch_size: int = 0  # 0: same as [train].batch_size
+    # what a teacher with a pretrained backbone and a fresh classifier (another class count) fine-tunes:
+    # "all" the whole model, "head" the classifier alone (the backbone stays as loaded)
+    tune: str = "all"
 
 
 @dataclass(frozen=True)
@@ -458,6 +461,8 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     if cfg.method != "scratch" and not cfg.teacher.model:
         raise ConfigError(f"`teacher.model` is missing in {source} (method {cfg.method!r} needs a teacher)",
                           "add [teacher] with model = \"<timm name>\", or set method = \"scratch\"")
+    if cfg.teacher.train is not None:
+        _choice(cfg.teacher.train.tune, TEACHER_TUNE, "teacher.train.tune", source)
     if not 1 <= cfg.fusion.split <= 3:
         raise ConfigError(f"`fusion.split` in {source} must be 1, 2 or 3, got {cfg.fusion.split}",
                           "split counts the stages taken from the local model; the paper's best is 3")
@@ -494,6 +499,9 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     if cfg.data.name == "imagefolder" and not cfg.data.root:
         raise ConfigError(f"`data.root` is required for imagefolder in {source}",
                           "point it at a folder holding train/ and val/ class folders")
+
+
+TEACHER_TUNE = ("all", "head")
 
 
 def teacher_train_config(cfg: RunConfig) -> TrainConfig:

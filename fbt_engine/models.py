@@ -52,7 +52,63 @@ _TAKES_IMG_SIZE = ("vit", "deit", "swin", "mixer", "resmlp", "gmlp", "eva", "bei
 
 
 def model_exists(name: str) -> bool:
+    """A timm architecture (optionally tagged: `resnet18.a1_in1k`), or an `hf-hub:`/`local-dir:` source
+    (its architecture is named in the source's config.json, read when the model is built)."""
+    if name.startswith(_SOURCES):
+        return bool(name.split(":", 1)[1].strip())
     return bool(timm.list_models(name)) or timm.is_model(name)
+
+
+_SOURCES = ("hf-hub:", "local-dir:")
+
+
+def resolve_architecture(name: str) -> tuple[str, dict[str, Any], Any]:
+    """The timm architecture behind `name` and the source's model args: a tag is dropped
+    (`resnet18.a1_in1k` -> `resnet18`); `hf-hub:`/`local-dir:` read the source's config.json
+    (the hub's from its cache, or downloaded). Returns (architecture, model args, pretrained cfg or None).
+    Raises ModelError naming the source and the fix."""
+    from timm.models import _hub
+    source, _, ident = name.partition(":") if name.startswith(_SOURCES) else ("", "", name)
+    if not source:
+        if not timm.is_model(name):
+            raise _unknown(name)
+        arch, _, tag = name.partition(".")
+        if tag and not _tag_known(name):
+            tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{arch}.*")]
+            raise ModelError(f"unknown model {name!r}: timm has no pretrained tag {tag!r} for {arch}",
+                             f"use one of its tags ({', '.join(tags[:6]) or 'none'}), or the bare name {arch!r}")
+        return arch, {}, None
+    try:
+        if source == "hf-hub":
+            pcfg, arch, args = _hub.load_model_config_from_hf(ident)
+        else:
+            pcfg, arch, args = _hub.load_model_config_from_path(ident)
+    except Exception as exc:  # network, missing file, bad JSON: huggingface_hub raises many kinds
+        raise _source_error(name, source, ident, exc) from None
+    if not timm.is_model(arch):
+        raise ModelError(f"model {name!r} names the architecture {arch!r}, which this timm ({timm.__version__}) "
+                         "does not have", "upgrade timm, or pick another model")
+    return arch, dict(args or {}), pcfg
+
+
+def _tag_known(name: str) -> bool:
+    try:
+        timm.get_pretrained_cfg(name)
+        return True
+    except RuntimeError:  # "Invalid pretrained tag"
+        return False
+
+
+def _source_error(name: str, source: str, ident: str, exc: Exception) -> ModelError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if source == "local-dir":
+        return ModelError(f"model {name!r}: the folder {ident!r} is not a timm model folder ({first})",
+                          "give a folder with config.json and model.safetensors (what timm's "
+                          "save_for_hf / push_to_hf_hub write)")
+    return ModelError(f"model {name!r}: could not read its config from the Hugging Face Hub, which may be "
+                      f"unreachable from here ({type(exc).__name__}: {first})",
+                      "run once with internet (it is cached under ~/.cache/huggingface), or use the timm name "
+                      "with a local file in checkpoint (e.g. model = \"resnet18\", checkpoint = \"resnet18.safetensors\")")
 
 
 def _unknown(name: str) -> ModelError:
@@ -86,18 +142,20 @@ def create_model(name: str, img_size: int | None = None, num_classes: int | None
 
     Raises ModelError for unknown names or arguments the model does not take.
     """
-    if not timm.is_model(name):
-        raise _unknown(name)
+    arch, source_args, source_cfg = resolve_architecture(name)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    if img_size is not None and "img_size" not in kwargs and name.split("_")[0] in _TAKES_IMG_SIZE:
-        cfg = timm.get_pretrained_cfg(name)
-        default = cfg.input_size[-1] if cfg is not None else 224
+    if img_size is not None and "img_size" not in kwargs and arch.split("_")[0] in _TAKES_IMG_SIZE:
+        cfg = timm.get_pretrained_cfg(name) if not name.startswith(_SOURCES) else None
+        default = source_args.get("img_size") or (cfg.input_size[-1] if cfg is not None else 224)
         if img_size != default:
             kwargs["img_size"] = img_size
     try:
-        if "patch_size" in kwargs and is_model_in_modules(name, ["mlp_mixer"]):
+        if "patch_size" in kwargs and is_model_in_modules(arch, ["mlp_mixer"]):
             return _create_mixer_with_patch(name, kwargs.pop("patch_size"), pretrained=pretrained, **kwargs)
+        if source_cfg is not None:  # hf-hub:/local-dir: as timm resolves them, with the config read once
+            args = {**source_args, **kwargs, **({"pretrained_model_args": source_args} if source_args else {})}
+            return timm.create_model(arch, pretrained=pretrained, pretrained_cfg=source_cfg, **args)
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as exc:
         raise ModelError(f"model {name!r} does not take the arguments {sorted(kwargs)}: {exc}",

@@ -220,8 +220,15 @@ def check_files(cfg: C.RunConfig, models: dict[str, Any], report: Report) -> Non
     if _needs_teacher(cfg):
         path = Path(t.checkpoint) if t.checkpoint else None
         if path is not None and path.exists():
-            _check_weights_fit(models["teacher"], "teacher", path)
-            report.ok(f"teacher weights {str(path)!r} fit {t.model}")
+            fresh = _check_weights_fit(models["teacher"], "teacher", path, fresh_head_ok=t.train is not None)
+            report.ok(f"teacher weights {str(path)!r} fit {t.model}" + (
+                f"; its classifier is fresh ({fresh[0]}): fine-tuned first ([teacher.train] tune = "
+                f"{t.train.tune!r})" if fresh and t.train is not None else ""))
+        elif t.pretrained:
+            _check_pretrained_head(models["teacher"], t)
+            if t.train is not None and path is not None:
+                check_writable(path.parent, "the teacher's folder (teacher.checkpoint)")
+            report.ok(f"teacher {t.model}: pretrained weights" + (" (fine-tuned first)" if t.train else ""))
         elif t.train is not None:
             if path is not None:
                 check_writable(path.parent, "the teacher's folder (teacher.checkpoint)")
@@ -237,12 +244,28 @@ def check_files(cfg: C.RunConfig, models: dict[str, Any], report: Report) -> Non
         report.ok(f"student weights {cfg.student.checkpoint!r} fit {cfg.student.model}")
 
 
-def _check_weights_fit(model: Any, what: str, path: Path) -> None:
+def _check_weights_fit(model: Any, what: str, path: Path, fresh_head_ok: bool = False) -> list[str]:
     import warnings
     from .checkpoint import load_weights
     with warnings.catch_warnings():  # "copying into a meta parameter is a no-op": only names and shapes matter here
         warnings.simplefilter("ignore")
-        load_weights(model, path, what)  # weights-only read; shapes and names checked against the model
+        # weights-only read; shapes and names checked against the model; a classifier of another class
+        # count is refused unless the teacher is fine-tuned first
+        return load_weights(model, path, what, fresh_head_ok=fresh_head_ok)
+
+
+def _check_pretrained_head(model: Any, t: C.ModelConfig) -> None:
+    """Hub weights for another class count leave a fresh classifier: never distilled from as it is."""
+    from .checkpoint import FreshClassifier
+    hub_classes = (getattr(model, "pretrained_cfg", None) or {}).get("num_classes")
+    classes = getattr(model, "num_classes", None)
+    if t.train is not None or not hub_classes or classes in (None, hub_classes):
+        return
+    raise FreshClassifier(
+        f"teacher {t.model!r} with pretrained = true has a classifier for {hub_classes} classes, the dataset "
+        f"has {classes}: its classifier would be freshly initialised, and distilling from it teaches noise",
+        "add a [teacher.train] section to fine-tune it on this dataset first (tune = \"head\" trains the "
+        "classifier alone, \"all\" the whole model), or give teacher.checkpoint = a teacher trained on this dataset")
 
 
 def check_writable(folder: Path, what: str) -> None:

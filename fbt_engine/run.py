@@ -270,7 +270,7 @@ class Run:
             return None, "none"
         self._start_phase()
         teacher = create_teacher(self.cfg, num_classes)
-        path = self.teacher_path()
+        path = self._fresh_source(teacher) or self.teacher_path()
         if path.exists() and not path.is_file():
             raise TrainingError(f"the teacher file {str(path)!r} is a directory", "remove it, or set teacher.checkpoint "
                                 "to a file path")
@@ -304,6 +304,20 @@ class Run:
             if lock is not None:
                 lock.release()
 
+    def _fresh_source(self, teacher: Any) -> Path | None:
+        """A teacher.checkpoint whose classifier does not fit (pretrained elsewhere) and a [teacher.train]:
+        its backbone is loaded now and the fine-tuned teacher goes to the run folder (the source
+        file stays as it is). Returns that run-folder path, or None for every other case."""
+        t = self.cfg.teacher
+        if not (t.checkpoint and t.train is not None and Path(t.checkpoint).is_file()):
+            return None
+        from .checkpoint import load_weights
+        if not load_weights(teacher, t.checkpoint, "teacher", fresh_head_ok=True):
+            return None
+        self.reporter.note(f"teacher {t.checkpoint}: backbone loaded, classifier freshly initialised for "
+                           f"{self.info.num_classes} classes; it is fine-tuned first")
+        return self.dir / "teacher.safetensors"
+
     def _load_teacher(self, teacher: Any, path: Path) -> str:
         from .checkpoint import file_digest, load_weights
         load_weights(teacher, path, "teacher")
@@ -319,7 +333,8 @@ class Run:
         from .task import ClassifierTask
         from .trainer import Phase
         train_cfg = C.teacher_train_config(self.cfg)
-        module = ClassifierTask(teacher, self.cfg.aug.label_smoothing)
+        module = ClassifierTask(teacher, self.cfg.aug.label_smoothing,
+                                head_only=self.cfg.teacher.train.tune == "head")
         self._emit_started(module.params())
         phase = Phase("teacher", module, train_cfg, *self._loaders(train_cfg.batch_size))
         return self._run_phase(phase, "teacher-last.pt")

@@ -46,11 +46,25 @@ class ClassifierTask(nn.Module):
 
     needs_index = False
 
-    def __init__(self, model: nn.Module, label_smoothing: float, role: str = "teacher") -> None:
+    def __init__(self, model: nn.Module, label_smoothing: float, role: str = "teacher",
+                 head_only: bool = False) -> None:
         super().__init__()
         self.model = model
         self.smoothing = label_smoothing
         self.role = role  # what the trained model is, for the parameter table
+        self.head_only = head_only  # fine-tune the classifier alone: the backbone is frozen, in eval mode
+        if head_only:
+            head = model.get_classifier()
+            keep = {id(p) for p in head.parameters()}
+            for p in model.parameters():
+                p.requires_grad_(id(p) in keep)
+
+    def train(self, mode: bool = True) -> "ClassifierTask":
+        super().train(mode)
+        if self.head_only:  # BatchNorm statistics of the pretrained backbone stay as they were
+            self.model.eval()
+            self.model.get_classifier().train(mode)
+        return self
 
     def weights(self) -> dict[str, float]:
         return {"ce": 1.0}
@@ -68,4 +82,4 @@ class ClassifierTask(nn.Module):
 
     def params(self) -> dict[str, int]:
         n = sum(p.numel() for p in self.model.parameters())
-        return {self.role: n, "trainable": n}
+        return {self.role: n, "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad)}
