@@ -1,7 +1,8 @@
 """Metrics where users look for them: events in, one row per evaluated epoch out, to each sink.
 
     runs/<name>/summary.csv      always (timm train.py style: one row per evaluated epoch)
-    runs/<name>/tensorboard/     with `[log] tensorboard = true` (needs `pip install tensorboard`)
+    runs/<name>/tensorboard/     with `[log] tensorboard = true` (needs `pip install tensorboard`),
+                                 one TensorBoard run per phase (teacher/, distill/)
 
 `EpochRows` listens to the run's events (it is an `Emitter` listener, so only rank 0 sees them):
 `step` events are averaged into the epoch's train loss and loss terms, and each `eval` event closes
@@ -82,28 +83,43 @@ class CsvSink:
 
 
 class TensorBoardSink:
-    """Scalars under runs/<name>/tensorboard: per step `<phase>/train/<term>` (x: global step), per
-    epoch `<phase>/<column>` (x: epoch)."""
+    """Scalars under runs/<name>/tensorboard/<phase>/ (one TensorBoard run per phase), x = global step:
+    `train/<term>` (loss, lr, each loss term) per logged step, `epoch/<column>` per evaluated epoch.
+
+    Each phase's writer starts with purge_step = the first step this process logs, so after a resume
+    TensorBoard drops what a killed process had logged past its last checkpoint (no doubled curves)."""
 
     def __init__(self, run_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
-        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD))
+        self._make, self.root = SummaryWriter, run_dir / TENSORBOARD
+        self.writers: dict[str, Any] = {}
+        self.last_step: dict[str, int] = {}
+
+    def _writer(self, phase: str, step: int) -> Any:
+        if phase not in self.writers:
+            self.writers[phase] = self._make(log_dir=str(self.root / phase), purge_step=step)
+        return self.writers[phase]
 
     def step(self, ev: Event) -> None:
-        phase, step = ev.get("phase", "distill"), ev.get("step", 0)
-        scalars = {"loss": ev.get("loss"), "lr": ev.get("lr"), **(ev.get("terms") or {})}
-        for name, value in scalars.items():
+        phase, step = str(ev.get("phase", "distill")), int(ev.get("step", 0))
+        self.last_step[phase] = step
+        writer = self._writer(phase, step)
+        for name, value in {"loss": ev.get("loss"), "lr": ev.get("lr"), **(ev.get("terms") or {})}.items():
             if isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{phase}/train/{name}", value, step)
+                writer.add_scalar(f"train/{name}", value, step)
 
     def row(self, row: dict[str, Any]) -> None:
+        phase = str(row["phase"])
+        step = self.last_step.get(phase, int(row["epoch"]))
+        writer = self._writer(phase, step)
         for name, value in row.items():
-            if name not in ("phase", "epoch", "time") and isinstance(value, (int, float)):
-                self.writer.add_scalar(f"{row['phase']}/{name}", value, row["epoch"])
-        self.writer.flush()
+            if name not in ("phase", "time") and isinstance(value, (int, float)):
+                writer.add_scalar(f"epoch/{name}", value, step)
+        writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        for writer in self.writers.values():
+            writer.close()
 
 
 class EpochRows:

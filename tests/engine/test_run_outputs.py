@@ -97,13 +97,14 @@ def test_tensorboard_event_file_written(teacher_file, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     code, run_dir = R.start(tiny(teacher_file, "log.tensorboard=true", "train.epochs=1"), runs_dir=str(tmp_path))
     assert code == 0
-    files = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert files
-    acc = EventAccumulator(str(run_dir / "tensorboard"))
+    assert list((run_dir / "tensorboard" / "distill").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(run_dir / "tensorboard" / "distill"))
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert {"distill/eval_top1", "distill/train_loss", "distill/train/loss", "distill/train/ce"} <= set(tags)
-    assert acc.Scalars("distill/eval_top1")[0].value == pytest.approx(events(run_dir, "eval")[-1].get("student_top1"))
+    tags = set(acc.Tags()["scalars"])
+    assert {"epoch/eval_top1", "epoch/train_loss", "epoch/epoch", "train/loss", "train/lr", "train/ce"} <= tags
+    top1 = acc.Scalars("epoch/eval_top1")
+    assert [e.value for e in top1] == pytest.approx([e.get("student_top1") for e in events(run_dir, "eval")])
+    assert top1[-1].step == events(run_dir, "step")[-1].get("step")  # x = global step, as train/*
 
 
 def test_log_table_is_validated_and_outside_the_config_hash():
@@ -146,3 +147,22 @@ def test_exported_student_carries_its_preprocessing(teacher_file, tmp_path):
     local = timm.create_model(f"local-dir:{run_dir}", pretrained=True)
     assert resolve_data_config(model=local) == data_cfg
     torch.testing.assert_close(local.head.weight, trained["student.head.weight"])
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="the tensorboard package is not installed")
+def test_tensorboard_resume_after_a_kill_drops_the_steps_it_repeats(tmp_path):
+    """A killed process logged steps 4-5 past its checkpoint at step 3; the resumed one logs 4-6 again."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from fbt_engine.loggers import TensorBoardSink
+
+    def log(sink: TensorBoardSink, steps: range, loss: float) -> None:
+        for s in steps:
+            sink.step(Event(type="step", run="r", t=float(s), data={"phase": "distill", "step": s, "loss": loss}))
+        sink.close()
+
+    log(TensorBoardSink(tmp_path), range(1, 6), 1.0)
+    log(TensorBoardSink(tmp_path), range(4, 7), 2.0)
+    acc = EventAccumulator(str(tmp_path / "tensorboard" / "distill"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0),
+                                                                       (5, 2.0), (6, 2.0)]
