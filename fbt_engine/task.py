@@ -6,6 +6,7 @@ same contract, so the one training loop runs both phases.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,10 +32,13 @@ def create_student(cfg: RunConfig, num_classes: int) -> nn.Module:
 
 
 def create_teacher(cfg: RunConfig, num_classes: int) -> nn.Module:
-    """The teacher with random (to be trained), hub or no weights: loading happens in the runner."""
+    """The teacher with random (to be trained), hub or no weights: loading happens in the runner.
+    Hub weights (pretrained = true) unless teacher.checkpoint is an existing file: a checkpoint path
+    that does not exist yet is where the teacher fine-tuned from them will be saved."""
     t = cfg.teacher
+    have_file = bool(t.checkpoint) and Path(t.checkpoint).is_file()
     return create_model(t.model, img_size=cfg.data.img_size, num_classes=num_classes,
-                        pretrained=t.pretrained and not t.checkpoint, **_kwargs(t))
+                        pretrained=t.pretrained and not have_file, **_kwargs(t))
 
 
 class ClassifierTask(nn.Module):

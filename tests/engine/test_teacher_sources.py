@@ -218,3 +218,16 @@ def test_run_fine_tunes_the_head_of_a_fresh_head_teacher_first_and_keeps_the_sou
     sd = read_state_dict(tuned)
     assert sd["fc.weight"].shape == (10, 512)
     torch.testing.assert_close(sd["layer4.1.conv2.weight"], src.state_dict()["layer4.1.conv2.weight"])
+
+
+def test_pretrained_teacher_with_a_checkpoint_path_not_written_yet_starts_from_the_hub_weights(tmp_path, monkeypatch):
+    """pretrained = true + teacher.checkpoint that does not exist yet: the hub weights are the start
+    (formerly a random teacher); once the file exists it is used and nothing is downloaded."""
+    from fbt_engine import task
+    asked = []
+    monkeypatch.setattr(task, "create_model", lambda name, pretrained=False, **kw: asked.append(pretrained))
+    cfg = _cfg(tmp_path, pretrained=True, checkpoint=str(tmp_path / "teacher.safetensors"))
+    task.create_teacher(cfg, 10)
+    (tmp_path / "teacher.safetensors").write_bytes(b"x")
+    task.create_teacher(cfg, 10)
+    assert asked == [True, False]
