@@ -114,9 +114,23 @@ def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model",
         raise NonFiniteWeights(f"the {what} weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); "
                                f"{Path(path).name} was not written",
                                "lower the learning rate or enable train.grad_clip; the last good checkpoint is kept")
-    data = save(sd, metadata={"format": "pt", **(metadata or {})})
+    data = canonical_safetensors(save(sd, metadata={"format": "pt", **(metadata or {})}))
     write_bytes_atomic(data, path)
     return _digest(data)
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same file with its JSON header's keys sorted: safetensors writes the metadata from a hash
+    map, so with several metadata keys the bytes (and the digest a resumed run is checked by) would
+    change from process to process. Tensor offsets are relative to the data section, so only the
+    header is rewritten (padded with spaces to a multiple of 8 bytes, as safetensors pads it)."""
+    import json
+    import struct
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n:]
 
 
 def timm_config(model: torch.nn.Module, img_size: int, mean: tuple[float, ...], std: tuple[float, ...],

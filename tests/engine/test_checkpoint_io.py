@@ -118,3 +118,25 @@ def test_events_survive_a_full_disk_and_resume_on_a_fresh_line(tmp_path, monkeyp
     events = [e for e in read_events(path) if isinstance(e, Event)]
     assert [e.type for e in events] == ["step", "finished"]
     assert events[-1].get("reason") == "completed"
+
+
+def test_exported_weights_are_byte_identical_whatever_the_metadata_order(tmp_path) -> None:
+    """safetensors writes metadata from a hash map (order varies between processes); the header is
+    rewritten with sorted keys, so a resumed run's export has the uninterrupted run's digest."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, safe_open, save
+
+    from fbt_engine.checkpoint import canonical_safetensors
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(5, dtype=torch.int64)}
+    one = canonical_safetensors(save(tensors, metadata={"z": "1", "format": "pt", "config": "{}"}))
+    two = canonical_safetensors(save(tensors, metadata={"config": "{}", "z": "1", "format": "pt"}))
+    assert one == two
+    (n,) = struct.unpack("<Q", one[:8])
+    assert n % 8 == 0 and list(json.loads(one[8:8 + n])["__metadata__"]) == ["config", "format", "z"]
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(one)
+    assert all(torch.equal(load_file(path)[k], v) for k, v in tensors.items())
+    with safe_open(path, "pt") as f:
+        assert f.metadata() == {"z": "1", "format": "pt", "config": "{}"}
