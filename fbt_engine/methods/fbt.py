@@ -74,15 +74,12 @@ class FBT(Method):
         self.paths = list(c.paths)
         self.feature = c.feature
         self.heads = nn.ModuleDict()
-        if c.nce > 0:
+        if c.nce > 0:  # one dry run measures every side's width (or map) for all paths
+            sides = self._feature_dims() if self.feature == "infonce" else self._map_views()
             for path in self.paths:
                 learner, target = PATH_SIDES[path]
-                if self.feature == "infonce":
-                    dims = self._feature_dims()
-                    self.heads[head_key(path)] = InfoNCE(dims[learner], dims[target], c.nce_dim, c.nce_tau_init)
-                else:
-                    views = self._map_views()
-                    self.heads[head_key(path)] = MapMSE(views[learner], views[target])
+                self.heads[head_key(path)] = InfoNCE(sides[learner], sides[target], c.nce_dim, c.nce_tau_init) \
+                    if self.feature == "infonce" else MapMSE(sides[learner], sides[target])
 
     # --- shapes, measured by dry runs ------------------------------------------------------------
     def _feature_dims(self) -> dict[str, int]:
