@@ -81,26 +81,36 @@ def parse_error(stderr: str, returncode: int | None = None) -> EngineError:
     return EngineError(message, hint, returncode)
 
 
-async def run_json(args: list[str], cwd: str | Path | None = None) -> Any:
+async def run_json(args: list[str], cwd: str | Path | None = None,
+                   on_stderr_line: Callable[[str], None] | None = None) -> Any:
     """Run `<engine> ARGS` and return its stdout parsed as JSON; raise EngineError on failure.
 
+    `on_stderr_line` receives each stderr line as it comes (e.g. the catalog's `counting i/n`).
     Cancelling the awaiting task kills the child, so a superseded preview never lingers.
     """
     argv = engine_command() + list(args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=cwd)
+            stderr=asyncio.subprocess.PIPE, cwd=cwd, limit=1 << 20)
     except FileNotFoundError:
         raise EngineError(f"the engine command {argv[0]!r} was not found",
                           f"install fbt-workbench or set {ENGINE_ENV} to the engine command") from None
+    err_lines: list[str] = []
+
+    async def read_stderr() -> None:
+        async for raw in proc.stderr:  # type: ignore[union-attr]
+            err_lines.append(raw.decode("utf-8", "replace").rstrip())
+            if on_stderr_line is not None:
+                on_stderr_line(err_lines[-1])
     try:
-        out, err = await proc.communicate()
+        out, _ = await asyncio.gather(proc.stdout.read(), read_stderr())  # type: ignore[union-attr]
+        await proc.wait()
     except asyncio.CancelledError:
         _kill_quietly(proc)
         raise
     if proc.returncode != 0:
-        raise parse_error(err.decode("utf-8", "replace"), proc.returncode)
+        raise parse_error("\n".join(err_lines), proc.returncode)
     try:
         return json.loads(out.decode("utf-8", "replace"))
     except ValueError:

@@ -8,11 +8,9 @@ ctrl+t / ctrl+s make the highlighted model the teacher / student, even from the 
 
 from __future__ import annotations
 
-import asyncio
-import json
 import string
 import time
-from typing import Any, Callable
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -21,7 +19,7 @@ from textual.containers import Horizontal
 from textual.widgets import Checkbox, Input, Select, Static
 from textual.widgets.input import Selection
 
-from ..engine_client import EngineError, engine_command, parse_error, run_json
+from ..engine_client import EngineError, run_json
 from ..messages import CatalogLoaded, EngineFailed, PairChosen
 from ..widgets.model_table import ModelTable
 from .base import FbtScreen, is_text_field
@@ -51,39 +49,6 @@ def model_row(m: dict[str, Any]) -> tuple[str, ...]:
             format_params(m.get("params")), "x".join(str(s) for s in size[1:]) or "?",
             ", ".join(tags[:2]) + (f" +{len(tags) - 2}" if len(tags) > 2 else ""),
             "yes" if m.get("fusable") else "no")
-
-
-async def run_json_with_progress(args: list[str], report: Callable[[str], None]) -> Any:
-    """`run_json`, but each `counting i/n` line the engine prints on stderr reaches `report` as it
-    comes (the engine counts, at low priority, the models its shipped table does not know)."""
-    argv = engine_command() + list(args)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, limit=1 << 20)
-    except FileNotFoundError:
-        return await run_json(args)  # raises run_json's own "not found" error and hint
-    err: list[str] = []
-
-    async def read_stderr() -> None:
-        async for raw in proc.stderr:  # type: ignore[union-attr]
-            err.append(raw.decode("utf-8", "replace").rstrip())
-            if err[-1].startswith("counting "):
-                report(err[-1])
-    try:
-        out, _ = await asyncio.gather(proc.stdout.read(), read_stderr())  # type: ignore[union-attr]
-        await proc.wait()
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-        raise
-    if proc.returncode != 0:
-        raise parse_error("\n".join(err), proc.returncode)
-    try:
-        return json.loads(out.decode("utf-8", "replace"))
-    except ValueError:
-        raise EngineError(f"`{' '.join(argv)}` did not print JSON",
-                          "check that FBT_ENGINE points at fbt-engine") from None
 
 
 def filter_models(models: list[dict[str, Any]], query: str = "", kind: str = "all",
@@ -169,13 +134,17 @@ class CatalogScreen(FbtScreen):
             models = models if isinstance(models, list) else []
             self.post_message(CatalogLoaded(models))
             if any(m.get("params") is None for m in models if isinstance(m, dict)):
-                counted = await run_json_with_progress(["models", "--json"], self._show_count_progress)
+                counted = await run_json(["models", "--json"], on_stderr_line=self._counting_line)
                 if isinstance(counted, list):
                     self.post_message(CatalogLoaded(counted))
         except EngineError as err:
             self.post_message(EngineFailed("catalog", err.message, err.hint))
         finally:
             self.query("#catalog-progress").add_class("hidden")  # (no error when the screen is gone)
+
+    def _counting_line(self, line: str) -> None:
+        if line.startswith("counting "):  # the engine counting models its shipped table lacks
+            self._show_count_progress(line)
 
     def _show_count_progress(self, line: str) -> None:
         """`counting 300/1,373` from the engine (at most twice a second) above the status line."""
