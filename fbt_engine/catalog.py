@@ -265,6 +265,20 @@ def catalog(counts: bool = True, progress: Callable[[int, int], None] | None = N
     return entries
 
 
+def completion_names() -> list[str]:
+    """Model names for shell completion, instantly and never importing torch or timm: the shipped
+    table of the installed timm, else the user's cache, else the newest shipped table."""
+    for source in (lambda: read_table(table_path(timm_version())), load_cache,
+                   lambda: read_table(newest_table()) if newest_table() else None):
+        try:
+            entries = source()
+        except Exception:  # noqa: BLE001 - completion must never print a traceback into the shell
+            entries = None
+        if entries:
+            return [e.name for e in entries]
+    return []
+
+
 def select(entries: Iterable[ModelEntry], pattern: str = "", kind: str = "", fusable: bool = False
            ) -> list[ModelEntry]:
     """Filter by name pattern (glob, or substring when it has no wildcard), kind and fusability."""

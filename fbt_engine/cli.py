@@ -6,15 +6,18 @@ catalog answer at once.
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from .catalog import KINDS
+from .config import MIXERS, ORDERS
 from .errors import FBTError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Fuse Before Transfer: distil any timm teacher into any timm student.")
 
 
@@ -36,6 +39,23 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the versions and exit.")] = False) -> None:
     """Fuse Before Transfer: distil any timm teacher into any timm student."""
+
+
+def _choices(name: str, values: tuple[str, ...]) -> Any:
+    """A real choice (an Enum typer turns into click.Choice): a typo is refused with the allowed
+    values listed, and shells complete them."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+Kind = _choices("Kind", KINDS)
+Order = _choices("Order", ORDERS)
+Mixer = _choices("Mixer", MIXERS)
+
+
+def _complete_model(incomplete: str) -> list[str]:
+    """Shell completion of model names from the shipped catalog (no torch, no timm import)."""
+    from .catalog import completion_names
+    return [n for n in completion_names() if n.startswith(incomplete)]
 
 
 def _fail(exc: FBTError) -> None:
@@ -67,7 +87,7 @@ def _quiet_timm() -> None:
 @user_errors
 def models(
     filter: Annotated[str, typer.Option("--filter", "-f", help="Name pattern: glob (resnet*) or substring.")] = "",
-    kind: Annotated[str, typer.Option(help="Only this kind: cnn, msa, mlp, hybrid, unknown.")] = "",
+    kind: Annotated[Optional[Kind], typer.Option(help="Only this kind.")] = None,
     fusable: Annotated[bool, typer.Option("--fusable", help="Only models FBT can fuse.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array on stdout.")] = False,
     counts: Annotated[bool, typer.Option(help="Count the parameters of models the shipped table does not know "
@@ -75,10 +95,8 @@ def models(
 ) -> None:
     """List timm architectures with family, kind, parameters, input size, pretrained tags, fusable."""
     from . import catalog as cat
-    if kind and kind not in cat.KINDS:
-        raise FBTError(f"unknown kind {kind!r}", f"use one of: {', '.join(cat.KINDS)}")
     entries = cat.catalog(counts=counts, progress=_count_progress() if counts else None)
-    chosen = cat.select(entries, filter, kind, fusable)
+    chosen = cat.select(entries, filter, kind.value if kind else "", fusable)
     if as_json:
         sys.stdout.write(json.dumps(cat.to_json(chosen)) + "\n")
         return
@@ -160,13 +178,15 @@ def _print_models(entries: list) -> None:
 @app.command()
 @user_errors
 def fuse(
-    teacher: Annotated[str, typer.Argument(help="Teacher: a timm model name.")],
-    student: Annotated[str, typer.Argument(help="Student: a timm model name.")],
+    teacher: Annotated[str, typer.Argument(help="Teacher: a timm model name.", autocompletion=_complete_model)],
+    student: Annotated[str, typer.Argument(help="Student: a timm model name.", autocompletion=_complete_model)],
     img_size: Annotated[int, typer.Option(help="Input size (square).")] = 224,
     num_classes: Annotated[int, typer.Option(help="Classes of the task.")] = 1000,
-    order: Annotated[str, typer.Option(help="auto | student-first | teacher-first")] = "auto",
-    split: Annotated[int, typer.Option(help="Stages taken from the local model (1-3).")] = 3,
-    mixer: Annotated[str, typer.Option(help="L2G mixing: auto | attention | swin | none")] = "auto",
+    order: Annotated[Order, typer.Option(help="Which model gives the local stages (auto: the CNN of the pair).")
+                     ] = Order.auto,
+    split: Annotated[int, typer.Option(help="Stages taken from the local model.", min=1, max=3)] = 3,
+    mixer: Annotated[Mixer, typer.Option(help="L2G mixing (swin: a windowed Swin block, the paper's).")
+                     ] = Mixer.auto,
     depth: Annotated[int, typer.Option(help="Depth of the torchinfo tree.")] = 2,
     teacher_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
     student_kwargs: Annotated[str, typer.Option(help="JSON object of extra create_model arguments.")] = "{}",
@@ -175,11 +195,8 @@ def fuse(
     """Show the fused model FBT builds for a teacher/student pair: plan, parameters, mult-adds, tree."""
     _quiet_timm()
     from .summary import fuse_report
-    if order not in ("auto", "student-first", "teacher-first"):
-        raise FBTError(f"--order {order!r} is not one of auto, student-first, teacher-first",
-                       "use auto to let the CNN of the pair provide the local stages")
-    report = fuse_report(teacher, student, img_size=img_size, num_classes=num_classes, order=order,
-                         split=split, mixer=mixer, depth=depth, teacher_kwargs=_json_arg(teacher_kwargs, "--teacher-kwargs"),
+    report = fuse_report(teacher, student, img_size=img_size, num_classes=num_classes, order=order.value,
+                         split=split, mixer=mixer.value, depth=depth, teacher_kwargs=_json_arg(teacher_kwargs, "--teacher-kwargs"),
                          student_kwargs=_json_arg(student_kwargs, "--student-kwargs"))
     if as_json:
         sys.stdout.write(json.dumps(report) + "\n")
@@ -362,7 +379,7 @@ def validate(
         from .preflight import check
         for line in check(cfg, source=preset).checks:
             typer.echo(f"ok: {line}", err=True)
-    typer.echo(f"{preset}: valid" + (" (types and ranges only)" if quick else ""), err=True)
+    typer.echo(f"{preset}: valid" + (" (types and ranges only)" if quick else "") + f": {C.describe(cfg)}", err=True)
     if show:
         sys.stdout.write(C.dumps(cfg))
 

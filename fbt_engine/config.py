@@ -27,6 +27,8 @@ from .methods import names as _method_names
 METHODS = _method_names()  # one module per method in fbt_engine/methods/ (read from the folder, no torch)
 DATASETS = ("digits", "fashion_mnist", "cifar100", "imagefolder")
 PATHS = ("t->f", "f->s", "t->s")
+ORDERS = ("auto", "student-first", "teacher-first")  # fusion.order / fuse --order
+MIXERS = ("auto", "attention", "swin", "none")  # fusion.mixer / fuse --mixer
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,26 @@ class LogConfig:
     tensorboard: bool = False  # runs/<name>/tensorboard/ (needs `pip install tensorboard`)
 
 
+NCE_TAU_RANGE = (0.01, 1.0)  # InfoNCE's learned temperature is clamped to this (losses.InfoNCE; health checks)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Live health warnings (health.py, docs/health.md): cheap checks on the event stream that emit
+    `warning` events. Does not change the run's numbers: left out of config_hash like [log]."""
+
+    enabled: bool = True
+    warmup_epochs: int = 1  # the after-warm-up rules wait this many epochs (and at least train.warmup_epochs)
+    spread_min: float = 0.05  # fused_spread (0: one point for the whole batch, ~1: spread out) below this
+    nce_chance: float = 0.9  # an InfoNCE epoch mean above this share of ln(batch) is "at chance"
+    tau_margin: float = 0.05  # a temperature within 5% of its clamp bound sits on it
+    fused_gap: float = 30.0  # fused top-1 more than this many points below the teacher's
+    scratch_margin: float = 1.0  # student top-1 more than this many points below the scratch run's
+    rising_evals: int = 3  # a loss term that rose at this many evaluations in a row
+    grad_spike: float = 10.0  # a gradient norm above this times the median of the recent ones
+    baseline: str = ""  # a scratch run folder of the same sweep (its events.jsonl): the scratch curve
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
@@ -180,6 +202,7 @@ class RunConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 # --- building from plain data -------------------------------------------------------------
@@ -323,6 +346,14 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
     ("teacher.train.weight_decay", 0, None, True, True, "0 turns weight decay off"),
     ("teacher.train.warmup_epochs", 0, None, True, True, "0 turns warm-up off"),
     ("teacher.train.batch_size", 0, 65536, True, True, "0 uses train.batch_size; 65536 is a sanity cap"),
+    ("health.warmup_epochs", 0, None, True, True, "0 checks from the first epoch on"),
+    ("health.spread_min", 0, 1, True, True, "fused_spread lies between 0 (collapsed) and 1; 0 turns the check off"),
+    ("health.nce_chance", 0, None, False, True, "it is a share of ln(batch), e.g. 0.9"),
+    ("health.tau_margin", 0, 1, True, False, "it is a relative distance to the clamp bound, e.g. 0.05"),
+    ("health.fused_gap", 0, 100, True, True, "it is in top-1 points, e.g. 30"),
+    ("health.scratch_margin", 0, 100, True, True, "it is in top-1 points, e.g. 1"),
+    ("health.rising_evals", 1, None, True, True, "e.g. 3 evaluations in a row"),
+    ("health.grad_spike", 1, None, False, True, "it is a factor over the median recent gradient norm, e.g. 10"),
 )
 
 
@@ -449,8 +480,8 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
         raise ConfigError(f"`runs_dir` in {source} is empty", "leave it out (runs/) or name a folder")
     _choice(cfg.method, METHODS, "method", source)
     _choice(cfg.data.name, DATASETS, "data.name", source)
-    _choice(cfg.fusion.order, ("auto", "student-first", "teacher-first"), "fusion.order", source)
-    _choice(cfg.fusion.mixer, ("auto", "attention", "swin", "none"), "fusion.mixer", source)
+    _choice(cfg.fusion.order, ORDERS, "fusion.order", source)
+    _choice(cfg.fusion.mixer, MIXERS, "fusion.mixer", source)
     _choice(cfg.train.sched, ("cosine", "step", "none"), "train.sched", source)
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", source)
     _choice(cfg.train.channels_last, ("auto", "on", "off"), "train.channels_last", source)
@@ -585,6 +616,7 @@ def config_hash(cfg: RunConfig) -> str:
     data.pop("name", None)
     data.pop("runs_dir", None)
     data.pop("log", None)  # where metrics are written does not change them
+    data.pop("health", None)  # nor do the health checks, which only watch
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -592,6 +624,39 @@ def with_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return from_dict(apply_overrides(to_dict(cfg), overrides))
 
 
+def describe(cfg: RunConfig) -> str:
+    """One line a person checks a preset by: pair, method, data, budget.
+
+    e.g. `resnet18 (trained here, 4 epochs) -> vit_tiny_patch16_224, method fbt, digits at 32 px,
+    8 epochs x batch 64, adamw lr 0.001, device auto`."""
+    student = cfg.student.model + (f" {_kwargs_text(cfg.student.kwargs)}" if cfg.student.kwargs else "")
+    if cfg.method == "scratch" or not cfg.teacher.model:
+        pair = f"{student} from scratch"
+    else:
+        t = cfg.teacher
+        if t.checkpoint and t.train is not None:
+            source = f"from {t.checkpoint}, trained here first ({t.train.epochs} epochs) if absent"
+        elif t.checkpoint:
+            source = f"from {t.checkpoint}"
+        elif t.train is not None:
+            source = f"trained here, {t.train.epochs} epochs"
+        else:
+            source = "hub weights" if t.pretrained else "no weights"
+        pair = f"{t.model} ({source}) -> {student}"
+    data = cfg.data.name + (f" ({cfg.data.root})" if cfg.data.root else "") + f" at {cfg.data.img_size} px"
+    if cfg.data.train_subset:
+        data += f", {cfg.data.train_subset} training images"
+    tr = cfg.train
+    budget = f"{tr.epochs} epochs x batch {tr.batch_size}, {tr.optimizer} lr {tr.lr:g}"
+    if tr.max_steps_per_epoch:
+        budget += f", at most {tr.max_steps_per_epoch} steps/epoch"
+    return f"{pair}, method {cfg.method}, {data}, {budget}, device {tr.device}"
+
+
+def _kwargs_text(kwargs: dict[str, Any]) -> str:
+    return "(" + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) + ")"
+
+
 __all__ = ["RunConfig", "ModelConfig", "TeacherTrainConfig", "DataConfig", "AugConfig", "TrainConfig",
            "FusionConfig", "LossConfig", "LogConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate", "check_name",
-           "apply_overrides", "parse_value", "config_hash", "with_overrides", "replace", "METHODS", "DATASETS"]
+           "apply_overrides", "parse_value", "config_hash", "with_overrides", "describe", "replace", "METHODS", "DATASETS"]

@@ -25,10 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .adapters import Adapter, StageInfo, get_adapter
+from .config import MIXERS, ORDERS
 from .errors import ModelError
 
 ROLES = ("student", "teacher")
-MIXERS = ("auto", "attention", "swin", "none")
 CALIBRATION_IMAGES = 8  # random images of the dry run that calibrates a CNN G's L2G normalisation
 
 
@@ -110,7 +110,7 @@ def choose_local(teacher_kind: str, student_kind: str, order: str) -> tuple[str,
     if order == "teacher-first":
         return "teacher", "fusion.order = teacher-first"
     if order != "auto":
-        raise ModelError(f"fusion order {order!r} is not one of auto, student-first, teacher-first",
+        raise ModelError(f"fusion order {order!r} is not one of {', '.join(ORDERS)}",
                          "use auto unless you want to override the CNN-first rule")
     if student_kind == "cnn" and teacher_kind != "cnn":
         return "student", "the student is the CNN of the pair, so it provides the local stages"

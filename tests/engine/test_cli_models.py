@@ -1,6 +1,7 @@
 """`fbt-engine models` and `fbt-engine fuse` as a user runs them (CliRunner and a subprocess)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,7 +41,7 @@ def test_models_filters(cache_dir):
     res = runner.invoke(app, ["models", "--json", "--no-counts", "--kind", "mlp"])
     assert {r["kind"] for r in json.loads(res.stdout)} == {"mlp"}
     res = runner.invoke(app, ["models", "--kind", "transformer"])
-    assert res.exit_code == 2 and "unknown kind" in res.stderr
+    assert res.exit_code == 2 and "'transformer' is not one of 'cnn', 'msa', 'mlp', 'hybrid', 'unknown'" in _unboxed(res.stderr)
 
 
 def test_models_json_on_an_empty_cache_answers_from_the_shipped_table(cache_dir, monkeypatch):
@@ -131,13 +132,40 @@ def test_fuse_human_output_and_options():
     (["resnet19", "resnet18"], "unknown model 'resnet19'"),
     (["densenet121", "resnet18"], "not supported for fusion"),
     (["vit_tiny_patch16_224", "resnet18", "--img-size", "8"], "cannot take a 8x8 input"),
-    (["resnet18", "resnet34", "--order", "sideways"], "--order 'sideways'"),
     (["resnet18", "resnet34", "--student-kwargs", "[1]"], "is not a JSON object"),
 ])
 def test_fuse_errors_are_one_sentence_and_exit_2(args, needle):
     res = runner.invoke(app, ["fuse", *args])
     assert res.exit_code == 2
     assert needle in res.stderr and "hint:" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--order", "sideways"], "'sideways' is not one of 'auto', 'student-first', 'teacher-first'"),
+    (["--mixer", "swn"], "'swn' is not one of 'auto', 'attention', 'swin', 'none'"),
+    (["--split", "4"], "less than or equal to 3"),
+])
+def test_fuse_choices_refuse_a_typo_before_building(args, needle):
+    res = runner.invoke(app, ["fuse", "resnet18", "resnet34", *args])
+    assert res.exit_code == 2 and needle in _unboxed(res.stderr)
+
+
+def _unboxed(text: str) -> str:
+    """Typer's error box wraps lines: its text as one line."""
+    return " ".join(text.replace("│", " ").split())
+
+
+def test_shell_completion_offers_model_names_without_torch():
+    env = {**os.environ, "_FBT_ENGINE_COMPLETE": "complete_bash", "COMP_WORDS": "fbt-engine fuse swin_tiny_p",
+           "COMP_CWORD": "2"}
+    code = "import sys, fbt_engine.cli as c; sys.argv = ['fbt-engine']\ntry:\n    c.main()\nexcept SystemExit:\n    pass\n" \
+           "assert 'torch' not in sys.modules, 'completion imported torch'"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["swin_tiny_patch4_window7_224"]
+    env["COMP_WORDS"], env["COMP_CWORD"] = "fbt-engine fuse resnet18 vit_tiny_patch16_224 --mixer ", "5"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["auto", "attention", "swin", "none"]
 
 
 def test_console_script_error_has_no_traceback():

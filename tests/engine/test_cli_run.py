@@ -104,7 +104,13 @@ def test_missing_data_is_exit_2(tmp_path):
 
 
 def test_validate_and_help():
-    assert subprocess.run([*ENGINE, "validate", "presets/quickstart.toml"], capture_output=True).returncode == 0
+    res = subprocess.run([*ENGINE, "validate", "presets/quickstart.toml", "--set", "train.epochs=5"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0
+    summary = res.stderr.strip().splitlines()[-1]  # one line a person checks the preset by
+    assert summary.startswith("presets/quickstart.toml: valid: resnet18 (")
+    for part in ("-> vit_tiny_patch16_224 (patch_size=8)", "method fbt", "digits at 32 px", "5 epochs x batch 64"):
+        assert part in summary, (part, summary)
     res = subprocess.run([*ENGINE, "validate", "presets/quickstart.toml", "--set", "train.lr=-1"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "train.lr" in res.stderr
