@@ -178,7 +178,7 @@ class HealthConfig:
 
     enabled: bool = True
     warmup_epochs: int = 1  # the after-warm-up rules wait this many epochs (and at least train.warmup_epochs)
-    spread_min: float = 0.05  # fused_spread (0: one point for the whole batch, ~1: spread out) below this
+    spread_min: float = 0.02  # fused_spread (0: one point for the whole batch, ~1: spread out) below this
     nce_chance: float = 0.9  # an InfoNCE epoch mean above this share of ln(batch) is "at chance"
     tau_margin: float = 0.05  # a temperature within 5% of its clamp bound sits on it
     fused_gap: float = 30.0  # fused top-1 more than this many points below the teacher's

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import FBTError
-from .protocol import (EVENTS, PROTOCOL_VERSION, Checkpoint, Eval, EventBody, Failed, Finished, Log, Phase,
-                       Started, Step, _clean, event_body)
+from .protocol import (EVENTS, PROTOCOL_VERSION, Checkpoint, Eval, EventBody, Failed, Finished, HealthWarning, Log,
+                       Phase, Started, Step, _clean, event_body)
 
 # The types this version emits (one dataclass each in protocol.py). Readers must tolerate others.
 STARTED = Started.TYPE
@@ -28,6 +28,7 @@ CHECKPOINT = Checkpoint.TYPE
 FINISHED = Finished.TYPE
 FAILED = Failed.TYPE
 LOG = Log.TYPE
+WARNING = HealthWarning.TYPE  # a health check tripped (health.py); the run goes on
 PHASE = Phase.TYPE  # e.g. teacher training starts / distillation starts
 EVENT_TYPES = tuple(EVENTS)
 

@@ -17,6 +17,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import NCE_TAU_RANGE
+
 
 # The autograd-aware all_gather is marked deprecated in torch 2.x in favour of a private API; it
 # is the public way to keep gradients through the gather, so keep using it quietly.
@@ -116,7 +118,7 @@ class InfoNCE(nn.Module):
 
     @property
     def tau(self) -> Tensor:
-        return self.log_tau.exp().clamp(0.01, 1.0)
+        return self.log_tau.exp().clamp(*NCE_TAU_RANGE)
 
     def forward(self, student_feat: Tensor, target_feat: Tensor) -> Tensor:
         q = F.normalize(self.proj_student(student_feat), dim=1)

@@ -115,6 +115,10 @@ class Reporter:
                   f"{_pct(e.get('student_top5'))} | fused {_pct(e.get('fused_top1'))} | teacher "
                   f"{_pct(e.get('teacher_top1'))}" + (f" | ema {_pct(e.get('ema_top1'))}" if e.get("ema_top1") is not None else ""))
 
+    def _on_warning(self, e: Event) -> None:
+        where = f"step {e.get('step')}" if e.get("step") is not None else f"epoch {e.get('epoch')}"
+        self.note(f"warning ({e.get('phase')} {where}): {e.get('message')}; hint: {e.get('hint')}")
+
     def _on_failed(self, e: Event) -> None:
         self.close()
         self._line(f"error: {e.get('message')}")

@@ -131,6 +131,8 @@ class Step(EventBody):
     terms: dict[str, float] = doc("named loss terms, e.g. `ce`, `ofa/t->s`, `nce/f->s`", factory=dict)
     samples_per_s: float | None = doc("training throughput", None)
     eta_s: float | None = doc("seconds left in the phase", None)
+    signals: dict[str, float] = doc("cheap health signals of the step (docs/health.md): `grad_norm` (before "
+                                    "clipping); fbt adds `fused_spread` and `tau/<path>`", factory=dict)
 
 
 @_event
@@ -186,6 +188,23 @@ class Failed(EventBody):
     hint: str = doc("what to do instead", "")
     step: int | None = doc("the step it failed at (when known)", None)
     term: str | None = doc("`nan_loss`: the loss term, or `weights`", None)
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class HealthWarning(EventBody):
+    """A health check tripped (docs/health.md): the run goes on, but something looks wrong."""
+
+    TYPE: ClassVar[str] = "warning"
+    signal: str = doc("what was measured, e.g. `fused_spread`, `nce/t->f`, `grad_norm`", "")
+    rule: str = doc("the rule that tripped (`fbt_engine.health.RULES`), e.g. `collapse`, `grad_spike`", "")
+    value: float | None = doc("the measured value", None)
+    threshold: float | None = doc("the threshold it crossed", None)
+    phase: str = doc("`teacher` or `distill`", "")
+    epoch: int = doc("1-based epoch", 0)
+    step: int | None = doc("the step (null for a check at an evaluation)", None)
+    message: str = doc("one sentence: the signal, its value and the threshold", "")
+    hint: str = doc("what to look at or change", "")
 
 
 @_event

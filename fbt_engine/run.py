@@ -151,7 +151,10 @@ class Run:
         self.stop.on_hangup = self._hangup
         from .loggers import build_loggers
         self.loggers = build_loggers(cfg.log, run_dir, self.reporter.note) if is_main else None
-        listeners = [self.reporter.on_event, *([self.loggers] if self.loggers else [])]
+        from .health import build_monitor
+        self.health = build_monitor(cfg.health, lambda warning: self.emitter.send(warning)) if is_main else None
+        listeners = [self.reporter.on_event, *([self.loggers] if self.loggers else []),
+                     *([self.health] if self.health else [])]
         self.emitter = Emitter(cfg.name, run_dir / "events.jsonl", sys.stdout if jsonl else None, enabled=is_main,
                                listeners=listeners, t_offset=(resume or {}).get("elapsed", 0.0))
 

@@ -325,8 +325,9 @@ class Loop:
             self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
+        self._grad_norm = None  # before clipping (the health checks' `grad_norm`); read only when logged
         if self.phase.tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.phase.tc.grad_clip)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.phase.tc.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -342,16 +343,35 @@ class Loop:
         faults.point(f"{self.phase.name}.step")
         return x.shape[0] * self.rt.world_size
 
+    def health_signals(self) -> dict[str, torch.Tensor]:
+        """The step's cheap health signals (health.py) as device scalars: the gradient norm (the
+        grads of the last step are still there), and whatever the method reports (fbt: F's spread,
+        the temperatures). Read together with the loss, in the step event's one sync."""
+        grad = self._grad_norm
+        if grad is None:
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            grad = torch.nn.utils.get_total_norm(grads) if grads else None
+        out = {"grad_norm": grad} if grad is not None else {}
+        method_signals = getattr(self.phase.module, "health_signals", None)
+        return {**out, **(method_signals() if method_signals is not None else {})}
+
     def emit_step(self, epoch: int, samples_per_s: float) -> None:
         names, stacked = self._last
+        signals = self.health_signals()
+        if signals:
+            stacked = torch.cat([stacked, torch.stack([v.detach().float().reshape(()) for v in signals.values()])
+                                 .to(stacked.device)])
         values = stacked.tolist()
+        n = len(names) + 1
+        signal_values = {k: round(v, 6) for k, v in zip(signals, values[n:])}
+        values = values[:n]
         left = (self.phase.tc.epochs - epoch + 1) * self.steps_per_epoch - self.state.epoch_step
         step_time = self.phase.train_loader.batch_size * self.rt.world_size / max(samples_per_s, 1e-9)
         self.emitter.emit("step", phase=self.phase.name, epoch=epoch, step=self.state.step,
                           epoch_step=self.state.epoch_step, steps_per_epoch=self.steps_per_epoch,
                           lr=self._lr, loss=values[0],
                           terms=dict(zip(names, values[1:])), samples_per_s=round(samples_per_s, 2),
-                          eta_s=round(left * step_time, 1))
+                          eta_s=round(left * step_time, 1), signals=signal_values)
 
     def _raise_if_nonfinite(self, before_save: bool = False) -> None:
         """Stop on a non-finite loss, or on non-finite weights after the optimiser step (one sync).

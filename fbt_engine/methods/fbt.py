@@ -130,6 +130,7 @@ class FBT(Method):
         s_outs = self.s.forward_stages(x)
         s_logits, s_feat = self.s.head_and_pooled(s_outs[-1])
         f_logits, f_feat, f_map = self.fused.forward_from(self._x_split(x, s_outs, t_outs), with_map=True)
+        self._fused_feat = f_feat.detach()  # for health_signals (read on logged steps only)
         sides = {"teacher": (t_logits, t_feat, t_outs[-1]), "student": (s_logits, s_feat, s_outs[-1]),
                  "fused": (f_logits, f_feat, f_map)}
         c = self.loss_cfg
@@ -146,6 +147,22 @@ class FBT(Method):
                 k = 1 if feature == "nce" else 2  # pooled features or stage-4 maps
                 thunks[f"{feature}/{path}"] = lambda a=learner, b=teacher, h=head, k=k: h(a[k], b[k])
         return thunks
+
+    def health_signals(self) -> dict[str, Tensor]:
+        """Device scalars for the health checks (health.py) from the last step: `fused_spread`, the
+        RMS distance of F's unit-length pooled features from their batch mean (0: the batch
+        collapsed to one point, about 1: spread out; free of the features' scale and width), and
+        each InfoNCE path's temperature `tau/<path>`."""
+        out: dict[str, Tensor] = {}
+        feat = getattr(self, "_fused_feat", None)
+        if feat is not None and feat.shape[0] > 1:
+            unit = F.normalize(feat.float().flatten(1), dim=1)
+            out["fused_spread"] = unit.var(dim=0, unbiased=False).sum().sqrt()
+        for path in self.paths:
+            head = self.heads[head_key(path)] if head_key(path) in self.heads else None
+            if isinstance(head, InfoNCE):
+                out[f"tau/{path}"] = head.tau.detach()
+        return out
 
     def eval_logits(self, x: Tensor, with_teacher: bool) -> dict[str, Tensor]:
         """Student, fused and optionally teacher logits, running each model's stages once: F starts
