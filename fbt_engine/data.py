@@ -235,10 +235,8 @@ def _root_after_download(data: DataConfig, cls_name: str) -> str:
     return root
 
 
-@register_dataset("fashion_mnist")
-def build_fashion_mnist(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Fashion-MNIST from idx files: 60,000 train and 10,000 test 28x28 grey images."""
-    root = _root_after_download(data, "FashionMNIST")
+def fashion_files(root: str) -> dict[str, Path]:
+    """The four idx files, or a DataError naming where they were looked for."""
     folders = fashion_folders(root)
     files = next((f for f in map(_find_idx, folders) if f), None)
     if files is None:
@@ -247,6 +245,13 @@ def build_fashion_mnist(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Data
             + " or ".join(str(f) for f in folders),
             "install them with `apt-get install dataset-fashion-mnist`, or set data.root to a folder "
             "holding them, or set data.download = true (online)")
+    return files
+
+
+@register_dataset("fashion_mnist")
+def build_fashion_mnist(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Fashion-MNIST from idx files: 60,000 train and 10,000 test 28x28 grey images."""
+    files = fashion_files(_root_after_download(data, "FashionMNIST"))
     arrays = {k: read_idx(p) for k, p in files.items()}
     train_tf, val_tf, mean, std = _resolve(data, aug, FASHION_MEAN, FASHION_STD)
     train = ArrayDataset(arrays["train_images"], arrays["train_labels"], train_tf)
@@ -304,10 +309,8 @@ def _cifar_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels
 
 
-@register_dataset("cifar100")
-def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """CIFAR-100 from the standard python folder (train, test, meta pickles)."""
-    root = _root_after_download(data, "CIFAR100")
+def cifar100_folder(root: str) -> Path:
+    """The `cifar-100-python` folder, or a DataError naming where it was looked for."""
     folders = cifar100_folders(root)
     folder = next((f for f in folders if all((f / n).is_file() for n in ("train", "test", "meta"))), None)
     if folder is None:
@@ -316,6 +319,13 @@ def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, 
             + " or ".join(str(f) for f in folders),
             "unpack cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and set "
             "data.root to the folder holding cifar-100-python/, or set data.download = true (online)")
+    return folder
+
+
+@register_dataset("cifar100")
+def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """CIFAR-100 from the standard python folder (train, test, meta pickles)."""
+    folder = cifar100_folder(_root_after_download(data, "CIFAR100"))
     (xtr, ytr), (xva, yva) = _cifar_split(folder, "train"), _cifar_split(folder, "test")
     names = tuple(_unpickle(folder / "meta", ("fine_label_names",))["fine_label_names"])
     train_tf, val_tf, mean, std = _resolve(data, aug, CIFAR100_MEAN, CIFAR100_STD)
@@ -325,16 +335,38 @@ def build_cifar100(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, 
 
 # --- ImageNet-style folders ----------------------------------------------------------------------
 
+def imagefolder_root(root_text: str) -> Path:
+    """data.root when it holds train/ and val/, or a DataError naming what is missing."""
+    root = Path(root_text).expanduser()
+    missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
+    if not root_text or missing:
+        raise DataError(f"imagefolder needs class folders in {' and '.join(missing) or 'data.root'}",
+                        "set data.root to a folder holding train/<class>/ and val/<class>/ images")
+    return root
+
+
+def locate(data: DataConfig) -> str:
+    """Where the data set's files are, without reading them (preflight: a missing folder is reported
+    before a run folder exists or a teacher trains). A DataError names the folders looked in."""
+    if data.name == "digits":
+        return "scikit-learn's bundled digits"
+    if data.download:
+        return f"{data.name}: downloaded into {data.root or DOWNLOAD_DIR} when the run starts"
+    if data.name == "fashion_mnist":
+        return f"Fashion-MNIST idx files in {fashion_files(data.root)['train_images'].parent}"
+    if data.name == "cifar100":
+        return f"CIFAR-100 in {cifar100_folder(data.root)}"
+    if data.name == "imagefolder":
+        return f"class folders in {imagefolder_root(data.root)}/train and /val"
+    return f"{data.name}: read when the run starts"
+
+
 @register_dataset("imagefolder")
 def build_imagefolder(data: DataConfig, aug: AugConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     """`root/train/<class>/*` and `root/val/<class>/*` through torchvision's ImageFolder."""
     from torchvision.datasets import ImageFolder
 
-    root = Path(data.root).expanduser()
-    missing = [str(root / s) for s in ("train", "val") if not (root / s).is_dir()]
-    if not data.root or missing:
-        raise DataError(f"imagefolder needs class folders in {' and '.join(missing) or 'data.root'}",
-                        "set data.root to a folder holding train/<class>/ and val/<class>/ images")
+    root = imagefolder_root(data.root)
     train_tf, val_tf, mean, std = _resolve(data, aug, IMAGENET_MEAN, IMAGENET_STD)
     try:
         train, val = ImageFolder(str(root / "train"), train_tf), ImageFolder(str(root / "val"), val_tf)

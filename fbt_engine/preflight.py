@@ -42,8 +42,10 @@ def check(cfg: C.RunConfig, num_classes: int | None = None, source: str = "<pres
     models = _check_models(cfg, num_classes or class_count(cfg), source, report)
     check_augmentation(cfg, source)
     report.ok("augmentation settings build")
-    if check_tensorboard(cfg, source):
-        report.ok("tensorboard is installed (log.tensorboard)")
+    from .data import locate
+    report.ok(f"data: {locate(cfg.data)}")
+    for backend in check_loggers(cfg, source):
+        report.ok(f"{backend} is installed (log.backends)")
     check_files(cfg, models, report)
     check_writable(Path(cfg.runs_dir), "the runs folder (--runs-dir / runs_dir)")
     report.ok(f"runs folder {cfg.runs_dir!r} is writable")
@@ -186,19 +188,39 @@ def check_optimizer(module: Any, tc: C.TrainConfig, source: str, section: str = 
                           "pick an optimizer that needs no extra package (sgd, adamw, lamb, lion)") from None
 
 
-def check_tensorboard(cfg: C.RunConfig, source: str = "<preset>") -> bool:
-    """With `log.tensorboard = true`, torch's SummaryWriter must import (it needs the `tensorboard`
-    package, which the engine does not depend on). True when checked, False when not asked for."""
-    if not cfg.log.tensorboard:
-        return False
-    try:
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken protobuf under it
-        raise ConfigError(f"`log.tensorboard = true` in {source}, but TensorBoard logging cannot start "
-                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                          "pip install tensorboard, or set log.tensorboard = false "
-                          "(summary.csv and events.jsonl are written either way)") from None
-    return True
+# What each [log] backend imports (tensorboard: torch's SummaryWriter, which needs the package; a broken
+# protobuf under it fails here too). MLflow's default store (SQLite in the run folder) needs sqlalchemy
+# and alembic, which mlflow-skinny leaves out; the `mlflow` extra brings them.
+LOGGER_IMPORTS = {"tensorboard": ("torch.utils.tensorboard",), "wandb": ("wandb",), "trackio": ("trackio",),
+                  "mlflow": ("mlflow", "sqlalchemy", "alembic")}
+
+
+def check_loggers(cfg: C.RunConfig, source: str = "<preset>") -> tuple[str, ...]:
+    """Each chosen `[log]` backend's package imports (none is an engine dependency: each is an extra).
+    Returns the backends checked."""
+    import importlib
+    chosen = cfg.log.chosen()
+    for backend in chosen:
+        modules = LOGGER_IMPORTS[backend]
+        uri = cfg.log.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+        if backend == "mlflow" and uri.partition(":")[0] in ("http", "https", "databricks"):
+            modules = modules[:1]  # a tracking server: only its client is needed here
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # noqa: BLE001 - ImportError, or a broken dependency under it
+                raise _logger_error(cfg, backend, source, exc) from None
+    return chosen
+
+
+def _logger_error(cfg: C.RunConfig, backend: str, source: str, exc: Exception) -> ConfigError:
+    alias = backend == "tensorboard" and backend not in cfg.log.backends  # the older spelling
+    key = "log.tensorboard = true" if alias else f"log.backends includes {backend!r}"
+    why = (str(exc).splitlines() or [type(exc).__name__])[0]
+    off = "set log.tensorboard = false" if alias else f"take {backend!r} out of log.backends"
+    return ConfigError(f"`{key}` in {source}, but {backend} logging cannot start ({why})",
+                       f"pip install 'fbt-workbench[{backend}]' (in a source checkout: pip install -e "
+                       f"'.[{backend}]'), or {off} (summary.csv and events.jsonl are written either way)")
 
 
 def check_augmentation(cfg: C.RunConfig, source: str = "<preset>") -> None:

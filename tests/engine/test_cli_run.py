@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 
 TINY = Path(__file__).resolve().parents[1] / "data" / "tiny.toml"
 ENGINE = [sys.executable, "-m", "fbt_engine.cli"]
@@ -131,3 +133,18 @@ def test_torchrun_two_processes_share_one_run_folder(tmp_path):
     assert all(e["world_size"] == 2 for e in started)
     assert [e["type"] for e in events].count("finished") == 1 and events[-1]["reason"] == "completed"
     assert events[-1]["student_path"] and (tmp_path / "tiny" / "student.safetensors").is_file()
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["data.name=imagefolder", "data.root=/nowhere/imagenet"], "imagefolder needs class folders in /nowhere/imagenet/train"),
+    (["data.name=fashion_mnist", "data.root=/nowhere/fmnist"], "Fashion-MNIST idx files"),
+    (["data.name=cifar100", "data.root=/nowhere/cifar"], "CIFAR-100 (cifar-100-python/"),
+])
+def test_missing_data_is_refused_before_a_run_folder_exists(tmp_path, overrides, needle):
+    sets = [a for o in overrides for a in ("--set", o)]
+    res = subprocess.run([*ENGINE, "validate", "presets/quickstart.toml", *sets], capture_output=True, text=True)
+    assert res.returncode == 2 and needle in res.stderr and "hint:" in res.stderr
+    res = subprocess.run([*ENGINE, "run", "presets/quickstart.toml", "--runs-dir", str(tmp_path), *sets],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr
+    assert not any(tmp_path.iterdir()), "a run folder was created for a run that could not start"
