@@ -23,6 +23,7 @@ FINAL_STATUSES = ("completed", "stopped", "failed", "crashed", "lost")
 # at most HISTORY_POINTS, so a week-long (or flooding) run costs the same memory as a short one.
 RECENT_POINTS = 1000
 HISTORY_POINTS = 1000
+WARNINGS_KEPT = 50  # the run screen's tooltip lists the newest; the count covers them all
 LOG_LINE_CHARS = 2000  # longer log lines are cut (a 1 MB stray line must not live 2000 times)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # would move the cursor or recolour the terminal
 # Words for the signals that end engines in practice (a negative return code is -signal): the
@@ -188,6 +189,9 @@ class RunState:
     final: Event | None = None
     error: str = ""
     hint: str = ""
+    # `warning` events (health checks, fbt_engine/health.py): the newest WARNINGS_KEPT, and how many in all
+    warnings: deque[Event] = field(default_factory=lambda: deque(maxlen=WARNINGS_KEPT))
+    warning_count: int = 0
     log: deque[str] = field(default_factory=lambda: deque(maxlen=2000))
     log_seq: int = 0  # counts every log line ever added (the pane appends only the new ones)
     version: int = 0
@@ -295,6 +299,11 @@ class RunState:
         self.hint = str(ev.get("hint") or "")
         self.note_log(f"failed: {self.error}")
 
+    def _on_warning(self, ev: Event) -> None:
+        self.warnings.append(ev)
+        self.warning_count += 1
+        self.note_log(warning_text(ev))
+
     def _on_log(self, ev: Event) -> None:
         self.note_log(f"[{ev.get('level', 'info')}] {ev.get('message', '')}")
 
@@ -347,6 +356,13 @@ class RunState:
         """(done, total) steps for the current phase; total 0 when unknown."""
         total = self.epochs * self.steps_per_epoch
         return min(self.step, total) if total else self.step, total
+
+
+def warning_text(ev: Event) -> str:
+    """One line for a `warning` event: where, what, and the hint."""
+    where = f"step {ev.get('step')}" if ev.get("step") is not None else f"epoch {ev.get('epoch')}"
+    hint = f"; hint: {ev.get('hint')}" if ev.get("hint") else ""
+    return f"warning ({ev.get('phase') or '?'} {where}): {ev.get('message') or ev.get('signal')}{hint}"
 
 
 def ema(values: list[float], alpha: float = 0.1) -> list[float]:

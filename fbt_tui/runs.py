@@ -41,6 +41,8 @@ class RunSummary:
     duration_s: float | None
     pid: int | None
     started: float | None = None  # when the run started (epoch seconds), None when unknown
+    warnings: int = 0  # `warning` events (health checks) in its events.jsonl
+    latest_warning: str = ""  # the newest one's signal
 
     @property
     def events_path(self) -> Path:
@@ -77,7 +79,23 @@ def summarize(run_dir: Path) -> RunSummary | None:
         name=run_dir.name, path=run_dir, status=derive_status(state), teacher=state.teacher,
         student=state.student, method=state.method, best_top1=state.best_top1,
         duration_s=duration if duration is not None else (state.t or None), pid=state.pid,
-        started=started_at(run_dir))
+        started=started_at(run_dir), warnings=state.warning_count, latest_warning=latest_signal(state))
+
+
+def latest_signal(state: RunState) -> str:
+    """The signal of a run's newest health warning ("" without one)."""
+    return str(state.warnings[-1].get("signal") or "?") if state.warnings else ""
+
+
+WARNING_STYLE = "bold black on yellow"
+
+
+def warning_badge(count: int, signal: str = "") -> str:
+    """Rich markup of the health-warning badge: `⚠ 2 fused_spread` ("" for no warnings)."""
+    if count <= 0:
+        return ""
+    from rich.markup import escape
+    return f"[{WARNING_STYLE}] ⚠ {count}{' ' + escape(signal) if signal else ''} [/]"
 
 
 def started_at(run_dir: Path) -> float | None:
@@ -229,6 +247,8 @@ def compare_rows(runs: list[RunSummary]) -> list[tuple[str, list[str]]]:
         ("best top-1", [f"{r.best_top1:.2f}%" if r.best_top1 is not None else "-" for r in runs]),
         ("duration", [format_duration(r.duration_s) or "-" for r in runs]),
     ]
+    if any(r.warnings for r in runs):
+        rows.append(("warnings", [f"{r.warnings} ({r.latest_warning})" if r.warnings else "0" for r in runs]))
     configs = [flatten(read_config(r.path)) for r in runs]
     keys = sorted({k for c in configs for k in c} - {"name", "method", "teacher.model", "student.model"})
     for key in keys:

@@ -8,6 +8,7 @@ repaints a few times per second and keys are answered between repaints.
 from __future__ import annotations
 
 from rich.markup import escape
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -15,7 +16,8 @@ from textual.widgets import Log, ProgressBar, Static
 
 from ..engine_client import RunSession
 from ..run_state import RunState
-from ..runs import format_duration
+from ..run_state import warning_text
+from ..runs import format_duration, latest_signal, warning_badge
 from ..widgets.charts import AccChart, Chart, Series
 from ..widgets.modals import kill_modal
 from ..widgets.sysmon import SysMon
@@ -38,8 +40,9 @@ def status_text(state: RunState) -> str:
     took = ""
     if state.final is not None and format_duration(state.final.get("duration_s")):
         took = f"  took {format_duration(state.final.get('duration_s'))}"
+    badge = warning_badge(state.warning_count, latest_signal(state))
     line1 = (f"[b]{escape(state.name or '?')}[/b]  [{style}]{state.status}[/]{phase}  "
-             f"{escape(state.method)}  {escape(state.device)}{took}")
+             f"{escape(state.method)}  {escape(state.device)}{took}" + (f"  {badge}" if badge else ""))
     line2 = escape(f"{state.teacher} -> {state.student}" if state.teacher else state.student)
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
     done, total = state.progress
@@ -48,6 +51,16 @@ def status_text(state: RunState) -> str:
              f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.1e')}  "
              f"loss {fmt(state.loss, '.4f')}  best {fmt(state.best_top1, '.2f', '%')}")
     return f"{line1}\n{line2}\n{line3}"
+
+
+def warnings_tooltip(state: RunState, newest: int = 5) -> str | None:
+    """The health warnings behind the badge, newest last (None without any)."""
+    if not state.warning_count:
+        return None
+    shown = list(state.warnings)[-newest:]
+    more = state.warning_count - len(shown)
+    head = [f"{state.warning_count} health warnings ({more} older not shown):"] if more else []
+    return "\n".join(head + [warning_text(ev) for ev in shown])
 
 
 def error_text(state: RunState) -> str:
@@ -84,6 +97,7 @@ class RunScreen(FbtScreen):
         self._session: RunSession | None = None
         self._drawn = -1
         self._log_seq = 0
+        self._tip: str | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="run-top"):
@@ -116,7 +130,11 @@ class RunScreen(FbtScreen):
             return
         self._drawn = state.version
         # Fixed-size text: no layout pass (a layout repaints the whole screen, charts included).
-        self.query_one("#run-info", Static).update(status_text(state), layout=False)
+        info = self.query_one("#run-info", Static)
+        info.update(status_text(state), layout=False)
+        if (tip := warnings_tooltip(state)) != self._tip:
+            self._tip = tip  # the full messages behind the badge (the log pane has them too); plain text
+            info.tooltip = Text(tip) if tip else None
         self._draw_progress(state)
         self._draw_error(state)
         self.query_one("#loss-chart", Chart).draw(loss_series(state))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from rich.markup import escape
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -19,7 +21,7 @@ from textual.widgets import DataTable, Input, Static
 from ..messages import OpenRun, RunsScanned
 from ..run_state import replay
 from ..runs import (RunBusy, RunSummary, check_new_name, compare_rows, delete_run, editor_command, format_date,
-                    format_duration, opener_command, rename_run, scan_runs)
+                    format_duration, opener_command, rename_run, scan_runs, warning_badge)
 from ..widgets.charts import Chart, Series
 from ..widgets.modals import ChoiceModal
 from .base import FbtScreen
@@ -180,7 +182,8 @@ class RunsScreen(FbtScreen):
         table.clear()
         for r in self.runs:
             best = f"{r.best_top1:.2f}%" if r.best_top1 is not None else "-"
-            table.add_row(MARK if r.name in self.marked else "", r.name, format_date(r.started), r.status, r.pair,
+            status = Text.from_markup(f"{escape(r.status)} {warning_badge(r.warnings)}") if r.warnings else r.status
+            table.add_row(MARK if r.name in self.marked else "", r.name, format_date(r.started), status, r.pair,
                           r.method or "?", best, format_duration(r.duration_s), key=r.name)
         names = [r.name for r in self.runs]
         if select in names:

@@ -7,7 +7,7 @@ Run scenario: $FBT_FAKE_SCENARIO, else the preset's file name if it contains one
 words (normal, fail, crash, fast, slow). Delay between steps: $FBT_FAKE_DELAY seconds.
 Fault scenarios: segv (dies of SIGSEGV mid-run), orphan (SIGKILLs itself while a grandchild holds
 its pipes), garbage (MALFORMED lines on stdout and in events.jsonl, then a torn last line), flood
-($FBT_FAKE_RATE step events per second for $FBT_FAKE_SECONDS seconds).
+($FBT_FAKE_RATE step events per second for $FBT_FAKE_SECONDS seconds). warn: a health `warning` in epoch 2.
 Stdlib plus fbt_engine.events/config only (no torch), so it starts in a blink.
 """
 
@@ -328,6 +328,11 @@ def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: boo
                       file=sys.stderr, flush=True)
                 os._exit(1)
             fault(out, scenario, step)
+            if scenario == "warn" and epoch == 2 and i == 1:
+                out.emit(P.HealthWarning.TYPE, **P.plain(P.HealthWarning(
+                    signal="fused_spread", rule="collapse", value=0.004, threshold=0.02, phase="distill",
+                    epoch=epoch, step=step, message="fused_spread = 0.004, below the threshold 0.02: the fused "
+                    "features collapse", hint="check the L2G normalisation")))
             time.sleep(delay)
             step_event(out, step, steps, epochs, delay)
             if STOP:
