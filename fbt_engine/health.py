@@ -138,11 +138,11 @@ def _grad_spike(m: "HealthMonitor", ev: Event) -> Iterable[Reading]:
 # The one table of health checks. Thresholds come from `[health]` (config.HealthConfig).
 RULES: tuple[Rule, ...] = (
     Rule("collapse", "step", False, operator.lt, "below",
-         "the fused features collapse: F maps the whole batch to nearly one point",
+         "the fused features collapse, F maps the whole batch to nearly one point",
          "check the L2G normalisation (a signed LayerNorm output fed to a frozen CNN stage collapses F), keep "
          "the t->f path in loss.paths, or lower train.lr", _spread),
     Rule("nce_chance", "eval", True, operator.gt, "above",
-         "InfoNCE is stuck near chance: the heads cannot tell the batch's images apart",
+         "InfoNCE is stuck near chance, the heads cannot tell the batch's images apart",
          "look for a collapsed side (fused_spread), a temperature on its bound, or too high a train.lr; more "
          "images a batch give more negatives", _nce_chance),
     Rule("tau_floor", "step", True, operator.le, "at or below",
