@@ -178,6 +178,7 @@ class HealthConfig:
 
     enabled: bool = True
     warmup_epochs: int = 1  # the after-warm-up rules wait this many epochs (and at least train.warmup_epochs)
+    settle: float = 0.1  # the accuracy comparisons also wait this share of the phase's epochs
     spread_min: float = 0.02  # fused_spread (0: one point for the whole batch, ~1: spread out) below this
     nce_chance: float = 0.9  # an InfoNCE epoch mean above this share of ln(batch) is "at chance"
     tau_margin: float = 0.05  # a temperature within 5% of its clamp bound sits on it
@@ -347,6 +348,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
     ("teacher.train.warmup_epochs", 0, None, True, True, "0 turns warm-up off"),
     ("teacher.train.batch_size", 0, 65536, True, True, "0 uses train.batch_size; 65536 is a sanity cap"),
     ("health.warmup_epochs", 0, None, True, True, "0 checks from the first epoch on"),
+    ("health.settle", 0, 1, True, True, "it is a share of the phase's epochs, e.g. 0.1 (0: only the warm-up)"),
     ("health.spread_min", 0, 1, True, True, "fused_spread lies between 0 (collapsed) and 1; 0 turns the check off"),
     ("health.nce_chance", 0, None, False, True, "it is a share of ln(batch), e.g. 0.9"),
     ("health.tau_margin", 0, 1, True, False, "it is a relative distance to the clamp bound, e.g. 0.05"),

@@ -50,7 +50,7 @@ class Rule:
 
     name: str
     on: str  # the event type it looks at: `step` or `eval`
-    after_warmup: bool  # only from the first epoch after the warm-up
+    waits: str  # "": from the start; "warmup": after the warm-up; "settle": also after `settle` of the phase
     trips: Callable[[float, float], bool]  # (value, threshold) -> unhealthy
     word: str  # how value relates to threshold when it trips: "below", "above", ...
     what: str  # what it means, for the message
@@ -137,33 +137,33 @@ def _grad_spike(m: "HealthMonitor", ev: Event) -> Iterable[Reading]:
 
 # The one table of health checks. Thresholds come from `[health]` (config.HealthConfig).
 RULES: tuple[Rule, ...] = (
-    Rule("collapse", "step", False, operator.lt, "below",
+    Rule("collapse", "step", "", operator.lt, "below",
          "the fused features collapse, F maps the whole batch to nearly one point",
          "check the L2G normalisation (a signed LayerNorm output fed to a frozen CNN stage collapses F), keep "
          "the t->f path in loss.paths, or lower train.lr", _spread),
-    Rule("nce_chance", "eval", True, operator.gt, "above",
+    Rule("nce_chance", "eval", "warmup", operator.gt, "above",
          "InfoNCE is stuck near chance, the heads cannot tell the batch's images apart",
          "look for a collapsed side (fused_spread), a temperature on its bound, or too high a train.lr; more "
          "images a batch give more negatives", _nce_chance),
-    Rule("tau_floor", "step", True, operator.le, "at or below",
+    Rule("tau_floor", "step", "warmup", operator.le, "at or below",
          "the learned InfoNCE temperature sits on its lower clamp bound",
          "the contrast saturates: lower train.lr or loss.nce, or raise loss.nce_tau_init", _tau_low),
-    Rule("tau_ceiling", "step", True, operator.ge, "at or above",
+    Rule("tau_ceiling", "step", "warmup", operator.ge, "at or above",
          "the learned InfoNCE temperature sits on its upper clamp bound",
          "the features carry no contrast to sharpen: look for a collapse (fused_spread) or too high a train.lr",
          _tau_high),
-    Rule("fused_gap", "eval", True, operator.lt, "below",
+    Rule("fused_gap", "eval", "settle", operator.lt, "below",
          "the fused model's top-1 is far below the teacher's (F is not anchored to T)",
          "keep the t->f path and its weights (loss.ofa, loss.nce), try fusion.split or fusion.mixer, or check "
          "the teacher's own accuracy", _fused_gap),
-    Rule("below_scratch", "eval", True, operator.lt, "below",
+    Rule("below_scratch", "eval", "settle", operator.lt, "below",
          "the student is below the scratch run of the same sweep at the same epoch",
          "distillation hurts here: compare the loss weights (loss.ce against the rest), the teacher's accuracy "
          "and train.lr", _below_scratch),
-    Rule("loss_rising", "eval", True, operator.ge, "at",
+    Rule("loss_rising", "eval", "warmup", operator.ge, "at",
          "a loss term rose at several evaluations in a row",
          "lower train.lr, enable train.grad_clip, or lower this term's weight in loss.weights", _rising),
-    Rule("grad_spike", "step", False, operator.gt, "above",
+    Rule("grad_spike", "step", "", operator.gt, "above",
          "the gradient norm spiked far above its recent values",
          "enable train.grad_clip (5.0 is the paper's), lower train.lr or lengthen train.warmup_epochs", _grad_spike),
 )
@@ -177,6 +177,7 @@ class HealthMonitor:
         self.config: dict[str, Any] = {}  # the run's resolved preset, from `started`
         self.world_size = 1
         self.phase = ""
+        self.phase_epochs = 0
         self.epoch_means: dict[str, float] = {}  # the evaluated epoch's mean loss terms
         self._sums: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.term_history: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
@@ -191,6 +192,7 @@ class HealthMonitor:
             self.world_size = int(ev.get("world_size") or 1)
         elif ev.type == "phase":
             self.phase = str(ev.get("phase") or "")
+            self.phase_epochs = int(ev.get("epochs") or 0)
         elif ev.type == "step":
             self._observe_step(ev)
             self._check(ev)
@@ -230,6 +232,14 @@ class HealthMonitor:
         lr_warmup = int((own or {}).get("warmup_epochs") or 0) if isinstance(own, dict) else 0
         return max(self.cfg.warmup_epochs, lr_warmup)
 
+    def wait_epochs(self, waits: str) -> int:
+        """Epochs a rule waits: none, the warm-up, or for the accuracy comparisons also `health.settle`
+        of the phase's epochs (F and the student need time to catch up; on a 300-epoch run, 30)."""
+        if not waits:
+            return 0
+        warmup = self.warmup_epochs()
+        return max(warmup, math.ceil(self.cfg.settle * self.phase_epochs)) if waits == "settle" else warmup
+
     def baseline_curve(self) -> dict[int, float]:
         """epoch -> student top-1 of the scratch run named by `health.baseline` ({} without one).
 
@@ -258,7 +268,7 @@ class HealthMonitor:
     def _check(self, ev: Event) -> None:
         phase, epoch = str(ev.get("phase") or self.phase), int(ev.get("epoch") or 0)
         for rule in RULES:
-            if rule.on != ev.type or (rule.after_warmup and epoch <= self.warmup_epochs()):
+            if rule.on != ev.type or epoch <= self.wait_epochs(rule.waits):
                 continue
             for r in rule.measure(self, ev):
                 key = (phase, rule.name, r.signal)

@@ -121,6 +121,15 @@ def test_fused_far_below_the_teacher() -> None:
     assert (w.signal, w.value, w.threshold) == ("fused_top1", 40.0, 50.0)
 
 
+def test_accuracy_rules_let_a_long_run_settle_first() -> None:
+    """On a 100-epoch run, F may trail T for a while: the gap is judged from epoch 11 (health.settle = 0.1)."""
+    events = [started(), ev("phase", phase="distill", epochs=100, steps_per_epoch=1)]
+    for e in range(1, 13):
+        events += [step(e, e), evaluation(e, fused_top1=40.0, teacher_top1=80.0)]
+    (w,) = only(feed(events), "fused_gap")
+    assert w.epoch == 11
+
+
 def test_student_below_the_scratch_run_at_the_same_epoch(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     scratch.mkdir()
