@@ -160,12 +160,41 @@ class LossConfig:
     weights: dict[str, float] = field(default_factory=dict)
 
 
+LOG_BACKENDS = ("tensorboard", "wandb", "trackio", "mlflow")  # [log] backends; loggers.py has one sink each
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # auto: $WANDB_MODE, else wandb's default (online)
+
+
 @dataclass(frozen=True)
 class LogConfig:
-    """Where metrics go besides events.jsonl and summary.csv (always written). Does not change the
-    run's numbers, so it is left out of config_hash: a run may be resumed with logging switched."""
+    """Where metrics go besides events.jsonl and summary.csv (always written); see loggers.py. Does not
+    change the run's numbers, so it is left out of config_hash: a run may be resumed with logging switched."""
 
-    tensorboard: bool = False  # runs/<name>/tensorboard/ (needs `pip install tensorboard`)
+    backends: list[str] = field(default_factory=list)  # any of LOG_BACKENDS; each needs its pip extra
+    # The W&B / trackio project and the MLflow experiment. One for every run (not one per run name, as
+    # runs of a preset are named tiny, tiny-2, ...), so the tools compare runs side by side.
+    project: str = "fbt-workbench"
+    wandb_mode: str = "auto"  # online needs `wandb login`; offline writes runs/<name>/wandb/ (`wandb sync` later)
+    wandb_entity: str = ""  # W&B team or user; "" = $WANDB_ENTITY or your default entity
+    # "" = $MLFLOW_TRACKING_URI, else sqlite:///runs/<name>/mlflow.db (local: nothing leaves the machine)
+    mlflow_uri: str = ""
+    # Deprecated spelling of backends = ["tensorboard"]. Kept working rather than refused: every run
+    # folder written before `backends` existed has `tensorboard = false` in its config.toml, and
+    # refusing the key would make those runs impossible to resume.
+    tensorboard: bool = False
+
+    def chosen(self) -> tuple[str, ...]:
+        """The backends in use, in LOG_BACKENDS order, each once (the deprecated switch included)."""
+        wanted = set(self.backends) | ({"tensorboard"} if self.tensorboard else set())
+        return tuple(b for b in LOG_BACKENDS if b in wanted)
+
+
+def _check_log(cfg: "RunConfig", source: str) -> None:
+    for i, backend in enumerate(cfg.log.backends):
+        _choice(backend, LOG_BACKENDS, f"log.backends[{i}]", source)
+    _choice(cfg.log.wandb_mode, WANDB_MODES, "log.wandb_mode", source)
+    if not cfg.log.project.strip():
+        raise ConfigError(f"`log.project` in {source} is empty",
+                          "leave it out (fbt-workbench) or name the W&B/trackio project or MLflow experiment")
 
 
 NCE_TAU_RANGE = (0.01, 1.0)  # InfoNCE's learned temperature is clamped to this (losses.InfoNCE; health checks)
@@ -505,6 +534,7 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     _check_ranges(cfg, source)
     _check_ints(cfg, source)
     _check_stats(cfg, source)
+    _check_log(cfg, source)
     if cfg.loss.ofa_eps <= 0 or cfg.loss.ofa_temperature <= 0 or cfg.loss.kd_temperature <= 0:
         raise ConfigError(f"loss temperatures and ofa_eps in {source} must be > 0",
                           "the paper uses ofa_eps 1.0 (CIFAR) or 1.5 (ImageNet), temperature 1")

@@ -210,7 +210,26 @@ def check_loggers(cfg: C.RunConfig, source: str = "<preset>") -> tuple[str, ...]
                 importlib.import_module(module)
             except Exception as exc:  # noqa: BLE001 - ImportError, or a broken dependency under it
                 raise _logger_error(cfg, backend, source, exc) from None
+    if "wandb" in chosen:
+        _check_wandb_login(cfg, source)
     return chosen
+
+
+def _check_wandb_login(cfg: C.RunConfig, source: str) -> None:
+    """Online W&B needs an API key; without one, wandb.init would fail (or, at a terminal, prompt)
+    after the run had started. Looked up locally (env, settings, .netrc), nothing is sent."""
+    mode = cfg.log.wandb_mode if cfg.log.wandb_mode != "auto" else os.environ.get("WANDB_MODE", "online")
+    if mode not in ("online", "run"):
+        return
+    import wandb
+    try:
+        found = wandb.login(verify=False, prompt=False)
+    except Exception:  # noqa: BLE001 - a wandb whose login works otherwise: let wandb.init decide
+        return
+    if found is False:
+        raise ConfigError(f"`log.backends` in {source} includes 'wandb' in online mode, but no W&B API key is set up",
+                          "run `wandb login` (or set WANDB_API_KEY), or log offline with log.wandb_mode = "
+                          "\"offline\" and upload later with `wandb sync runs/<name>/wandb/offline-run-*`")
 
 
 def _logger_error(cfg: C.RunConfig, backend: str, source: str, exc: Exception) -> ConfigError:

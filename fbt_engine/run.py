@@ -5,7 +5,9 @@
     runs/<name>/log.txt            human-readable progress and any traceback
     runs/<name>/checkpoints/       last.pt, best.pt (distill), teacher-last.pt (teacher phase)
     runs/<name>/summary.csv        one row per evaluated epoch (timm train.py style; see loggers.py)
-    runs/<name>/tensorboard/       with `[log] tensorboard = true`
+    runs/<name>/tensorboard/       with `[log] backends = ["tensorboard"]`
+    runs/<name>/wandb/, mlflow.db  with backends "wandb" / "mlflow" (trackio keeps its own store)
+    runs/<name>/loggers.json       the tracker run ids, so a resumed run continues the same tracker run
     runs/<name>/student.safetensors, teacher.safetensors (when trained here)
     runs/<name>/config.json        the student's timm config: architecture, args, preprocessing
     runs/<name>/.lock              held by the process writing the folder
@@ -150,7 +152,7 @@ class Run:
                                                           "checkpoint (Ctrl-C again aborts at once)")
         self.stop.on_hangup = self._hangup
         from .loggers import build_loggers
-        self.loggers = build_loggers(cfg.log, run_dir, self.reporter.note) if is_main else None
+        self.loggers = build_loggers(cfg, run_dir, self.reporter.note) if is_main else None
         from .health import build_monitor
         self.health = build_monitor(cfg.health, lambda warning: self.emitter.send(warning)) if is_main else None
         listeners = [self.reporter.on_event, *([self.loggers] if self.loggers else []),

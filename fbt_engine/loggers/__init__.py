@@ -1,19 +1,28 @@
 """Metrics where users look for them: events in, one row per evaluated epoch out, to each sink.
 
     runs/<name>/summary.csv      always (timm train.py style: one row per evaluated epoch)
-    runs/<name>/tensorboard/     with `[log] tensorboard = true` (needs `pip install tensorboard`),
-                                 one TensorBoard run per phase (teacher/, distill/)
+    runs/<name>/tensorboard/     backend "tensorboard": one TensorBoard run per phase (teacher/, distill/)
+    runs/<name>/wandb/           backend "wandb": W&B's local files (online: also the W&B server)
+    runs/<name>/mlflow.db        backend "mlflow" with no log.mlflow_uri / $MLFLOW_TRACKING_URI
+    runs/<name>/loggers.json     the W&B run id / MLflow run id / trackio run name, so that a resumed
+                                 run continues the same tracker run instead of starting another
+
+Choose them with `[log] backends = ["tensorboard", "wandb", "trackio", "mlflow"]` (config.py's
+`LogConfig`; the options: project, wandb_mode, wandb_entity, mlflow_uri). Each needs its extra,
+e.g. `pip install 'fbt-workbench[wandb]'` (all four: `[loggers]`); preflight refuses a chosen
+backend whose package does not import, before the run folder exists. trackio keeps its own store
+($TRACKIO_DIR, default ~/.cache/huggingface/trackio; `trackio show`).
 
 `EpochRows` listens to the run's events (it is an `Emitter` listener, so only rank 0 sees them):
 `step` events are averaged into the epoch's train loss and loss terms, and each `eval` event closes
-the row. Each sink is one small class with `row(row)`, optional `step(event)` and `close()`.
+the row. Each sink is one small class with `row(row)`, optional `step(event)` and `end(event)` (the
+run's `finished`/`failed` event), and `close()`. Tracker sinks (trackers.py) name scalars as
+TensorBoard's tags with the phase in front: `<phase>/train/<term>` per logged step,
+`<phase>/epoch/<column>` per evaluated epoch, against the phase's global step. A tracker package is
+imported only when its backend is chosen (the CLI starts fast).
 
-Adding a sink (W&B, MLflow, trackio: not implemented) is one class with those methods, built in
-`build_loggers` behind its own `[log]` switch, with a preflight check that its package imports, e.g.
-`wandb.init(dir=run_dir, config=config)` + `wandb.log(row, step=row["epoch"])` + `wandb.finish()`.
-
-A sink never stops a run: a failed write is reported once and the run goes on (summary.csv is
-rewritten whole each epoch, so the next epoch repairs it).
+A sink never stops a run: a sink that cannot start, or a failed write, is reported once and the run
+goes on (summary.csv is rewritten whole each epoch, so the next epoch repairs it).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import io
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .events import Event
+from ..events import Event
 
 SUMMARY = "summary.csv"
 TENSORBOARD = "tensorboard"
@@ -39,6 +48,18 @@ class Sink(Protocol):
 
 def _number(value: Any) -> Any:
     return "" if value is None else value
+
+
+def step_scalars(ev: Event) -> dict[str, float]:
+    """A `step` event's numbers: loss, lr and each loss term."""
+    values = {"loss": ev.get("loss"), "lr": ev.get("lr"), **(ev.get("terms") or {})}
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def row_scalars(row: dict[str, Any]) -> dict[str, float]:
+    """An epoch row's numbers (the epoch included; its wall time is not a metric)."""
+    return {k: v for k, v in row.items()
+            if k not in ("phase", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class CsvSink:
@@ -58,7 +79,7 @@ class CsvSink:
             self.rows, self.columns = [], []
 
     def row(self, row: dict[str, Any]) -> None:
-        from .checkpoint import write_bytes_atomic
+        from ..checkpoint import write_bytes_atomic
         phase, epoch = row["phase"], int(row["epoch"])
         # an epoch repeated after a resume (and anything logged after it) is superseded
         self.rows = [r for r in self.rows if r.get("phase") != phase or int(r.get("epoch") or 0) < epoch]
@@ -104,17 +125,15 @@ class TensorBoardSink:
         phase, step = str(ev.get("phase", "distill")), int(ev.get("step", 0))
         self.last_step[phase] = step
         writer = self._writer(phase, step)
-        for name, value in {"loss": ev.get("loss"), "lr": ev.get("lr"), **(ev.get("terms") or {})}.items():
-            if isinstance(value, (int, float)):
-                writer.add_scalar(f"train/{name}", value, step)
+        for name, value in step_scalars(ev).items():
+            writer.add_scalar(f"train/{name}", value, step)
 
     def row(self, row: dict[str, Any]) -> None:
         phase = str(row["phase"])
         step = self.last_step.get(phase, int(row["epoch"]))
         writer = self._writer(phase, step)
-        for name, value in row.items():
-            if name not in ("phase", "time") and isinstance(value, (int, float)):
-                writer.add_scalar(f"epoch/{name}", value, step)
+        for name, value in row_scalars(row).items():
+            writer.add_scalar(f"epoch/{name}", value, step)
         writer.flush()
 
     def close(self) -> None:
@@ -137,6 +156,8 @@ class EpochRows:
         elif ev.type == "eval":
             self._each("row", self.make_row(ev))
             self._steps = []
+        elif ev.type in ("finished", "failed"):
+            self._each("end", ev)
 
     def make_row(self, ev: Event) -> dict[str, Any]:
         steps = [s for s in self._steps if s.get("phase") == ev.get("phase") and s.get("epoch") == ev.get("epoch")]
@@ -178,9 +199,22 @@ def _mean(steps: list[Event], key: str, terms: bool = False) -> float | None:
     return round(sum(values) / len(values), 6) if values else None
 
 
-def build_loggers(log_cfg: Any, run_dir: Path, note: Callable[[str], None] | None = None) -> EpochRows:
-    """The sinks a run's `[log]` table asks for (summary.csv always). Rank 0 only."""
+def build_loggers(cfg: Any, run_dir: Path, note: Callable[[str], None] | None = None) -> EpochRows:
+    """The sinks a run's `[log]` table asks for (summary.csv always). Rank 0 only. A tracker that
+    cannot start (W&B not logged in, a server that does not answer) is noted and left out."""
+    from .trackers import MlflowSink, TrackioSink, WandbSink
+    makers: dict[str, Callable[[], Any]] = {
+        "tensorboard": lambda: TensorBoardSink(run_dir), "wandb": lambda: WandbSink(cfg, run_dir),
+        "trackio": lambda: TrackioSink(cfg, run_dir), "mlflow": lambda: MlflowSink(cfg, run_dir)}
     sinks: list[Any] = [CsvSink(run_dir)]
-    if log_cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir))
+    for backend in cfg.log.chosen():
+        try:
+            sinks.append(makers[backend]())
+        except Exception as exc:  # noqa: BLE001 - a metrics sink never stops training
+            if note is not None:
+                note(f"{backend}: logging could not start ({_first_line(exc)}); training goes on without it")
     return EpochRows(sinks, note)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

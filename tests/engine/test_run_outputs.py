@@ -1,4 +1,5 @@
-"""What a run leaves for people and other tools: summary.csv, TensorBoard, the student's timm config."""
+"""What a run leaves for people and other tools: summary.csv, TensorBoard, the student's timm config.
+(W&B, trackio and MLflow: test_loggers.py.)"""
 
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ def summary(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory) -> Path:
-    runs = tmp_path_factory.mktemp("teacher_runs")
+    return train_teacher(tmp_path_factory.mktemp("teacher_runs"))
+
+
+def train_teacher(runs: Path) -> Path:
+    """A 1-step teacher (and a 1-step distillation), as a file for tiny() runs (test_loggers.py too)."""
     path = runs / "teacher.safetensors"
     cfg = C.load_preset(TINY, [f"teacher.checkpoint={json.dumps(str(path))}", "train.epochs=1",
                                "train.max_steps_per_epoch=1"])
@@ -88,14 +93,15 @@ def test_tensorboard_missing_is_a_preflight_error(teacher_file, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     with pytest.raises(FBTError) as err:
         R.start(tiny(teacher_file, "log.tensorboard=true"), runs_dir=str(tmp_path / "runs"))
-    assert "pip install tensorboard" in err.value.hint and "log.tensorboard" in err.value.message
+    assert "pip install 'fbt-workbench[tensorboard]'" in err.value.hint and "log.tensorboard" in err.value.message
+    assert "log.tensorboard = false" in err.value.hint  # the older spelling's own way out
     assert not (tmp_path / "runs" / "tiny").exists()  # failed before the run folder
 
 
 @pytest.mark.skipif(not HAS_TENSORBOARD, reason="the tensorboard package is not installed")
 def test_tensorboard_event_file_written(teacher_file, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    code, run_dir = R.start(tiny(teacher_file, "log.tensorboard=true", "train.epochs=1"), runs_dir=str(tmp_path))
+    code, run_dir = R.start(tiny(teacher_file, 'log.backends=["tensorboard"]', "train.epochs=1"), runs_dir=str(tmp_path))
     assert code == 0
     assert list((run_dir / "tensorboard" / "distill").glob("events.out.tfevents.*"))
     acc = EventAccumulator(str(run_dir / "tensorboard" / "distill"))
@@ -105,6 +111,7 @@ def test_tensorboard_event_file_written(teacher_file, tmp_path):
     top1 = acc.Scalars("epoch/eval_top1")
     assert [e.value for e in top1] == pytest.approx([e.get("student_top1") for e in events(run_dir, "eval")])
     assert top1[-1].step == events(run_dir, "step")[-1].get("step")  # x = global step, as train/*
+    assert [e.value for e in top1] == pytest.approx([float(r["eval_top1"]) for r in summary(run_dir)])
 
 
 def test_log_table_is_validated_and_outside_the_config_hash():
