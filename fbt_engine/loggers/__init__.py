@@ -42,6 +42,8 @@ TAIL = ("eval_top1", "eval_top5", "fused_top1", "teacher_top1", "ema_top1", "lr"
 
 
 class Sink(Protocol):
+    """What EpochRows calls; `step(event)` and `end(event)` are optional."""
+
     def row(self, row: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
@@ -182,7 +184,7 @@ class EpochRows:
             except Exception as exc:  # noqa: BLE001 - a metrics sink never stops training
                 name = type(sink).__name__
                 if name not in self._failed and self.note is not None:
-                    self.note(f"{name}: could not write metrics ({exc}); training goes on")
+                    self.note(f"{name}: could not write metrics ({_first_line(exc)}); training goes on")
                 self._failed.add(name)
 
     def close(self) -> None:
