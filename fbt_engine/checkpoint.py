@@ -99,11 +99,10 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, flags.tolist()) if not ok]
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model",
-                 metadata: dict[str, str] | None = None) -> str:
-    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads);
-    returns the file's digest (as `file_digest` would give, without reading it back). `metadata`
-    (strings only) goes into the file's header.
+def weights_bytes(model: torch.nn.Module, what: str = "model", metadata: dict[str, str] | None = None,
+                  name: str = "the file") -> bytes:
+    """The model's weights as the bytes of a .safetensors file (keys sorted, so the same weights and
+    metadata always give the same bytes). `metadata` (strings only) goes into the file's header.
 
     Refuses weights holding NaN/inf: a diverged model is never exported.
     """
@@ -112,9 +111,16 @@ def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model",
     bad = nonfinite_tensors(sd)
     if bad:
         raise NonFiniteWeights(f"the {what} weights hold NaN/inf ({len(bad)} tensors, e.g. {bad[0]}); "
-                               f"{Path(path).name} was not written",
+                               f"{name} was not written",
                                "lower the learning rate or enable train.grad_clip; the last good checkpoint is kept")
-    data = canonical_safetensors(save(sd, metadata={"format": "pt", **(metadata or {})}))
+    return canonical_safetensors(save(sd, metadata={"format": "pt", **(metadata or {})}))
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, what: str = "model",
+                 metadata: dict[str, str] | None = None) -> str:
+    """The model's weights as .safetensors (what timm's pretrained_cfg_overlay=dict(file=...) loads);
+    returns the file's digest (as `file_digest` would give, without reading it back). See weights_bytes."""
+    data = weights_bytes(model, what, metadata, Path(path).name)
     write_bytes_atomic(data, path)
     return _digest(data)
 
@@ -167,17 +173,26 @@ def _plain(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
-def export_model(model: torch.nn.Module, path: str | Path, config: dict[str, Any], what: str = "student") -> str:
-    """`save_weights` plus the preprocessing: `config` (see `timm_config`) in the file's metadata and as
-    config.json beside it (written after the weights). Returns the weights' digest."""
+def export_metadata(config: dict[str, Any]) -> dict[str, str]:
+    """The header metadata of an exported model: its timm config (see `timm_config`), so the file alone
+    says how to build and feed the model."""
     import json
-    path = Path(path)
-    text = json.dumps(config, indent=2)
-    meta = {"config": text, "architecture": str(config.get("architecture")),
+    return {"config": json.dumps(config, indent=2), "architecture": str(config.get("architecture")),
             "pretrained_cfg": json.dumps(config.get("pretrained_cfg", {}))}
-    digest = save_weights(model, path, what, metadata=meta)
-    write_bytes_atomic((text + "\n").encode("utf-8"), path.with_name("config.json"))
-    return digest
+
+
+def config_json(config: dict[str, Any]) -> bytes:
+    """`config` as the text of a timm/HF-hub config.json (the same text as the `config` metadata)."""
+    import json
+    return (json.dumps(config, indent=2) + "\n").encode("utf-8")
+
+
+def export_model(model: torch.nn.Module, path: str | Path, config: dict[str, Any], what: str = "student") -> bytes:
+    """`save_weights` with `config` (see `timm_config`) in the file's metadata; returns the bytes
+    written (the timm folder of export.py holds the same file as model.safetensors)."""
+    data = weights_bytes(model, what, export_metadata(config), Path(path).name)
+    write_bytes_atomic(data, path)
+    return data
 
 
 # --- RNG state (plain tensors and ints, so checkpoints load with weights_only=True) -----------

@@ -402,6 +402,41 @@ def eval_(
                    f"top-5 {result['top5']:.2f}%  ({result['images']} images of {result['dataset']})")
 
 
+from .export import ExportFormat, WeightsChoice  # noqa: E402 - the export command's choices (no torch import)
+
+
+@app.command("export")
+@user_errors
+def export_(
+    target: Annotated[str, typer.Argument(help="A run folder, or a checkpoint (.pt/.safetensors) inside one.")],
+    format: Annotated[ExportFormat, typer.Option("--format", help="timm: model.safetensors + config.json, what "
+                                                 "timm.create_model('local-dir:OUT', pretrained=True) loads; onnx: "
+                                                 "model.onnx, checked against PyTorch with onnxruntime.")] = ExportFormat.timm,
+    out: Annotated[Optional[str], typer.Option(help="Output folder (default: RUN/export/timm or RUN/export/onnx).")] = None,
+    weights: Annotated[WeightsChoice, typer.Option(help="From a run folder: auto (the finished student, else "
+                                                        "best.pt, else last.pt), student, best or last.")] = WeightsChoice.auto,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override data settings, e.g. data.root=...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Export a run's student in timm's own format (a folder timm loads with no other arguments) or as ONNX."""
+    _quiet_timm()
+    from pathlib import Path
+    from .export import export_run
+    result = export_run(target, format, out, weights, set_ or [])
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+        return
+    typer.echo(f"{result['student']} from {result['weights']} -> {result['out']}: "
+               f"{', '.join(Path(f).name for f in result['files'])}")
+    check = result.get("check")
+    if check:
+        typer.echo(f"onnxruntime reproduces the PyTorch logits on {check['inputs']} random inputs: max abs diff "
+                   f"{check['max_abs_diff']:.2e} (tolerance {check['tolerance']:.1e}), top-1 agreement "
+                   f"{check['top1_agreement']:.0%} ({check['exporter']} exporter)")
+    else:
+        typer.echo(f"load it with: timm.create_model({'local-dir:' + result['out']!r}, pretrained=True)", err=True)
+
+
 def main() -> None:
     app()
 

@@ -9,11 +9,16 @@ from . import config as C
 from .errors import TrainingError
 
 
-def _locate(target: Path) -> tuple[Path, list[Path]]:
-    """(run folder, weight files to try in order) from a run folder or a file inside one."""
+# The student's weight files in a run folder, and the order `eval` tries them in (a damaged one is skipped).
+RUN_WEIGHTS = {"best": "checkpoints/best.pt", "student": "student.safetensors", "last": "checkpoints/last.pt"}
+EVAL_ORDER = ("best", "student", "last")
+
+
+def locate(target: Path, order: tuple[str, ...] = EVAL_ORDER) -> tuple[Path, list[Path]]:
+    """(run folder, weight files to try in order) from a run folder or a file inside one; `order`
+    names the run folder's files to look for (keys of RUN_WEIGHTS)."""
     if target.is_dir():
-        found = [target / n for n in ("checkpoints/best.pt", "student.safetensors", "checkpoints/last.pt")
-                 if (target / n).is_file()]
+        found = [target / RUN_WEIGHTS[n] for n in order if (target / RUN_WEIGHTS[n]).is_file()]
         if not found:
             raise TrainingError(f"run folder {str(target)!r} has no checkpoint yet",
                                 "wait for the first epoch to finish, or give another run")
@@ -43,7 +48,7 @@ def _load_student(student: Any, weights: Path) -> None:
                           "it comes from another run or was edited: evaluate the run folder it belongs to") from None
 
 
-def _first_loadable(student: Any, candidates: list[Path]) -> Path:
+def first_loadable(student: Any, candidates: list[Path]) -> Path:
     """Load the first candidate that is intact; a damaged one is reported and skipped."""
     import sys
     from .checkpoint import DamagedFile
@@ -58,19 +63,29 @@ def _first_loadable(student: Any, candidates: list[Path]) -> Path:
     raise AssertionError("unreachable")
 
 
+def run_config(run_dir: Path, candidates: list[Path], overrides: list[str]) -> C.RunConfig:
+    """The resolved preset the run was made with (its config.toml), with `overrides` (e.g. data.root)."""
+    if not (run_dir / "config.toml").is_file():
+        raise TrainingError(f"no config.toml next to {str(candidates[0])!r}", "give a file inside a run folder")
+    return C.load_preset(run_dir / "config.toml", overrides)
+
+
+def bare_student(cfg: C.RunConfig, num_classes: int) -> Any:
+    """The run's student architecture without any weights (they are loaded from the run's files)."""
+    from .task import create_student
+    return create_student(C.replace(cfg, student=C.replace(cfg.student, checkpoint="", pretrained=False)),
+                          num_classes)
+
+
 def evaluate_run(target: str | Path, overrides: list[str]) -> dict[str, Any]:
     import torch
     from .data import build_loaders
-    from .task import create_student
     from .trainer import ModelView, Runtime, evaluate
-    run_dir, candidates = _locate(Path(target))
-    if not (run_dir / "config.toml").is_file():
-        raise TrainingError(f"no config.toml next to {str(candidates[0])!r}", "give a file inside a run folder")
-    cfg = C.load_preset(run_dir / "config.toml", overrides)
+    run_dir, candidates = locate(Path(target))
+    cfg = run_config(run_dir, candidates, overrides)
     _, val_loader, info = build_loaders(cfg.data, cfg.aug, cfg.train.batch_size, cfg.seed)
-    student = create_student(C.replace(cfg, student=C.replace(cfg.student, checkpoint="", pretrained=False)),
-                             info.num_classes)
-    weights = _first_loadable(student, candidates)
+    student = bare_student(cfg, info.num_classes)
+    weights = first_loadable(student, candidates)
     rt = Runtime(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), amp_dtype=None,
                  scaler=False, channels_last=False)
     m = evaluate(ModelView(student).to(rt.device), val_loader, rt, with_teacher=False)

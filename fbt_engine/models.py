@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -101,6 +102,10 @@ def _tag_known(name: str) -> bool:
 
 def _source_error(name: str, source: str, ident: str, exc: Exception) -> ModelError:
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    if source == "local-dir" and (Path(ident) / "student.safetensors").is_file():  # a run folder (before export/)
+        return ModelError(f"model {name!r}: the folder {ident!r} is a run folder, not a timm model folder",
+                          f"name the run's export instead: \"local-dir:{Path(ident) / 'export' / 'timm'}\" "
+                          f"(`fbt-engine export {ident}` writes it for older runs)")
     if source == "local-dir":
         return ModelError(f"model {name!r}: the folder {ident!r} is not a timm model folder ({first})",
                           "give a folder with config.json and model.safetensors (what timm's "

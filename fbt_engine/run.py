@@ -9,7 +9,10 @@
     runs/<name>/wandb/, mlflow.db  with backends "wandb" / "mlflow" (trackio keeps its own store)
     runs/<name>/loggers.json       the tracker run ids, so a resumed run continues the same tracker run
     runs/<name>/student.safetensors, teacher.safetensors (when trained here)
-    runs/<name>/config.json        the student's timm config: architecture, args, preprocessing
+    runs/<name>/export/timm/       the finished student in timm's format: model.safetensors (the same
+                                   bytes as student.safetensors) + config.json (architecture, args,
+                                   preprocessing); timm.create_model("local-dir:<folder>", pretrained=True)
+    runs/<name>/export/onnx/       written by `fbt-engine export --format onnx` (see export.py)
     runs/<name>/.lock              held by the process writing the folder
 
 Order of work (fail before work starts): validate the config -> preflight (models on the meta
@@ -391,7 +394,7 @@ class Run:
         student_path = ""
         if loop is not None and reason == "completed" and self.rt.rank == 0:
             student_path = str(self.dir / "student.safetensors")
-            self._export_student(loop.module.model, student_path)
+            self._export_student(loop.module.model)
         best = {"epoch": st.best_epoch, "student_top1": st.best.get("student_top1")} if st and st.best else {}
         last = {"epoch": st.last.get("epoch"), "student_top1": st.last.get("student_top1")} if st and st.last else {}
         faults.point("finish")
@@ -404,14 +407,12 @@ class Run:
         return 0
 
 
-    def _export_student(self, model: Any, path: str) -> None:
-        """student.safetensors with its preprocessing (metadata + config.json), so timm resolves the
-        run's input size, mean and std (the evaluation transform: resize, no crop, bilinear)."""
-        from .checkpoint import export_model, timm_config
-        info = self.info
-        config = timm_config(getattr(model, "_orig_mod", model), self.cfg.data.img_size, info.mean, info.std,
-                             info.num_classes, info.class_names)
-        export_model(model, path, config, "student")
+    def _export_student(self, model: Any) -> None:
+        """student.safetensors with its preprocessing in the metadata, and the same file with
+        config.json in export/timm, so timm resolves the run's input size, mean and std (the
+        evaluation transform: resize, no crop, bilinear); see export.py."""
+        from .export import export_finished_student, student_config
+        export_finished_student(model, self.dir, student_config(model, self.cfg, self.info))
 
 
 # --- entry points used by the CLI -------------------------------------------------------------

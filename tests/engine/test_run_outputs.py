@@ -123,14 +123,15 @@ def test_log_table_is_validated_and_outside_the_config_hash():
 
 
 def test_exported_student_carries_its_preprocessing(teacher_file, tmp_path):
-    """timm resolves the run's 32 px and the digits' mean/std from config.json (not 224 px, 0.5, crop 0.9)."""
+    """timm resolves the run's 32 px and the digits' mean/std from export/timm/config.json (not 224 px, 0.5,
+    crop 0.9); the same config is in student.safetensors' metadata. Loading it: test_export.py."""
     import timm
     from safetensors import safe_open
     from timm.data import resolve_data_config
     from fbt_engine.data import DIGITS_MEAN, DIGITS_STD
     code, run_dir = R.start(tiny(teacher_file, "train.epochs=1"), runs_dir=str(tmp_path))
     assert code == 0
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = json.loads((run_dir / "export" / "timm" / "config.json").read_text())
     assert cfg["architecture"] == "vit_tiny_patch16_224" and cfg["num_classes"] == 10
     assert cfg["model_args"] == {"patch_size": 8, "depth": 4, "num_classes": 10, "img_size": 32}
     pc = cfg["pretrained_cfg"]
@@ -150,8 +151,8 @@ def test_exported_student_carries_its_preprocessing(teacher_file, tmp_path):
     assert data_cfg["interpolation"] == "bilinear"
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["module"]
     torch.testing.assert_close(model.head.weight, trained["student.head.weight"])
-    # the one-liner: timm reads config.json and the folder's .safetensors (student sorts before teacher)
-    local = timm.create_model(f"local-dir:{run_dir}", pretrained=True)
+    # the one-liner: timm reads the export folder's config.json and model.safetensors
+    local = timm.create_model(f"local-dir:{run_dir / 'export' / 'timm'}", pretrained=True)
     assert resolve_data_config(model=local) == data_cfg
     torch.testing.assert_close(local.head.weight, trained["student.head.weight"])
 

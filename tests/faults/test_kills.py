@@ -85,7 +85,8 @@ KILLS = [
     Kill("write:last.pt@2", "distill epoch 2 evaluated, last.pt written to .tmp, not renamed"),
     Kill("saved:last.pt@2", "distill epoch 2 last.pt saved, student not exported"),
     Kill("write:student.safetensors", "student.safetensors written to .tmp, not renamed"),
-    Kill("saved:student.safetensors", "student.safetensors saved, finished event not emitted"),
+    Kill("saved:student.safetensors", "student.safetensors saved, export/timm not yet"),
+    Kill("saved:model.safetensors", "export/timm/model.safetensors saved, its config.json not yet"),
     Kill("finish", "everything saved, finished event not emitted"),
 ]
 
