@@ -176,6 +176,20 @@ def test_wandb_offline_gets_the_epoch_metrics(teacher_file, tmp_path):
     assert "distill/train/ofa/t->f" in steps[0] and epochs[-1]["distill/step"] == steps[-1]["distill/step"]
 
 
+@needs("wandb")
+def test_wandb_resumed_run_folder_continues_its_wandb_run(tmp_path):
+    from fbt_engine.events import Event
+    cfg = C.load_preset(TINY, ['log.backends=["wandb"]'])
+    first = trackers.WandbSink(cfg, tmp_path)
+    first.close()
+    run_id = trackers.tracker_ids(tmp_path)["wandb"]
+    again = trackers.WandbSink(cfg, tmp_path)  # as `fbt-engine resume` builds it
+    again.step(Event(type="step", run="tiny", t=1.0, data={"phase": "distill", "step": 5, "loss": 1.0}))
+    again.close()
+    assert again.run.id == first.run.id == run_id and trackers.tracker_ids(tmp_path) == {"wandb": run_id}
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
+
+
 @needs("trackio")
 def test_trackio_local_store_gets_the_epoch_metrics(teacher_file, tmp_path, monkeypatch):
     import trackio  # its store folder is read at import: point every module's copy at tmp_path
