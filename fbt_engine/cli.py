@@ -291,54 +291,63 @@ def methods_(
 
 @app.command()
 @user_errors
+def sweep(
+    preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],
+    grid: Annotated[Optional[list[str]], typer.Option(
+        "--grid", help="KEY=V1,V2,... (repeatable; the cartesian product is run), e.g. method=kd,fbt or "
+                       "fusion.split=1,2,3. Values are TOML; commas inside [...] or quotes stay.")] = None,
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, each cell run once per seed "
+                                            "(default: the preset's seed).")] = "",
+    jobs: Annotated[int, typer.Option(help="Cells run side by side (CPU: cores split between them; "
+                                           "one GPU each when several are visible).")] = 1,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override for every cell: section.key=value.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep folder name (default: <preset name>-sweep).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(help="Where the sweep folder goes (default: the preset's, runs/).")] = None,
+) -> None:
+    """Run a preset over a grid of overrides and seeds (one run per cell, a shared teacher trained once),
+    then print mean ± std per grid point and write results.csv/results.json. Ctrl-C stops the whole
+    sweep (again: abort); `fbt-engine resume <sweep folder>` continues it."""
+    if not grid:
+        raise FBTError("sweep needs at least one --grid KEY=V1,V2,...",
+                       "e.g. --grid method=scratch,kd,fbt --seeds 0,1,2 (or use `compare` for every method)")
+    _run_sweep(preset, grid, seeds, jobs, set_ or [], name, runs_dir)
+
+
+def _run_sweep(preset: str, grid: list[str], seeds: str, jobs: int, overrides: list[str], name: Optional[str],
+               runs_dir: Optional[str]) -> None:
+    _quiet_timm()
+    from .sweep import execute, new_sweep
+    sw = new_sweep(preset, grid, seeds, jobs, overrides, name, runs_dir)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    say(f"sweep {sw.dir}: {len(sw.cells)} runs ({', '.join(a.key for a in sw.axes)} x {len(sw.seeds)} seed(s)), "
+        f"{jobs} at a time")
+    code = execute(sw, say)
+    _ignore_late_signals()
+    raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
 def compare(
     preset: Annotated[str, typer.Argument(help="Preset TOML file, e.g. presets/quickstart.toml.")],
     methods: Annotated[str, typer.Option(help="Comma-separated methods to run on the same budget "
                                               "(default: every method, see `fbt-engine methods`).")] = "",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds (default: the preset's seed).")] = "",
+    jobs: Annotated[int, typer.Option(help="Runs side by side.")] = 1,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: section.key=value (repeatable).")] = None,
-    runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (default: the preset's, runs/).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Sweep folder name (default: <preset name>-compare).")] = None,
+    runs_dir: Annotated[Optional[str], typer.Option(help="Where the sweep folder goes (default: the preset's, runs/).")] = None,
 ) -> None:
-    """Run the same preset once per method (same data, budget and teacher) and print one table."""
+    """Run the same preset once per method (same data, budget and teacher) and print one table:
+    `sweep --grid method=...` (scratch first: the other runs are checked against its curve)."""
     from . import config as C
     chosen = [m.strip() for m in methods.split(",") if m.strip()] or list(C.METHODS)
     bad = [m for m in chosen if m not in C.METHODS]
     if bad:
         raise FBTError(f"unknown method(s) {', '.join(bad)} in --methods", f"use some of: {', '.join(C.METHODS)}")
-    base = C.load_preset(preset, set_ or [])
-    if not base.teacher.checkpoint:  # one teacher for every method, trained (if needed) by the first run
-        from pathlib import Path
-        shared = Path(runs_dir or base.runs_dir) / f"{base.name}-teacher.safetensors"
-        base = C.replace(base, teacher=C.replace(base.teacher, checkpoint=str(shared)))
-    _quiet_timm()
-    from .run import start
-    rows = []
-    for method in chosen:
-        code, run_dir = start(C.replace(base, method=method), name=f"{base.name}-{method}", runs_dir=runs_dir)
-        rows.append((method, code, run_dir))
-        if code != 0:
-            break
-    _print_comparison(rows)
-    raise typer.Exit(max((code for _, code, _ in rows), default=0))
-
-
-def _print_comparison(rows: list) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from .events import Event, read_events
-    table = Table("method", "student best top-1", "epoch", "last top-1", "fused top-1", "teacher top-1", "time", "run",
-                  title="same data, same budget, same teacher")
-    for method, code, run_dir in rows:
-        evs = [e for e in read_events(run_dir / "events.jsonl") if isinstance(e, Event)]
-        fin = next((e for e in reversed(evs) if e.type in ("finished", "failed")), None)
-        if fin is None or fin.type == "failed":
-            table.add_row(method, "failed", "", "", "", "", "", str(run_dir))
-            continue
-        best, last = fin.get("best_eval") or {}, fin.get("last_eval") or {}
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        table.add_row(method, fmt(best.get("student_top1")), str(best.get("epoch", "")), fmt(last.get("student_top1")),
-                      fmt(best.get("fused_top1")), fmt(best.get("teacher_top1")), f"{fin.get('duration_s', 0):.0f}s",
-                      str(run_dir))
-    Console(stderr=True, width=160).print(table)
+    if not name:
+        name = f"{C.load_preset(preset, set_ or []).name}-compare"
+    _run_sweep(preset, ["method=" + ",".join(chosen)], seeds, jobs, set_ or [], name, runs_dir)
 
 
 @app.command()
@@ -347,8 +356,15 @@ def resume(
     run_dir: Annotated[str, typer.Argument(help="A run folder, e.g. runs/quickstart.")],
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
 ) -> None:
-    """Continue a stopped run from its last checkpoint, in the same folder."""
+    """Continue a stopped run from its last checkpoint, in the same folder; or a stopped sweep (its
+    completed runs are kept, stopped ones resumed, the rest started)."""
     _quiet_timm()
+    from .sweep import is_sweep
+    if is_sweep(run_dir):
+        from .sweep import Sweep, execute
+        code = execute(Sweep.read(run_dir), lambda line: typer.echo(line, err=True))
+        _ignore_late_signals()
+        raise typer.Exit(code)
     from .run import resume as resume_run
     code = resume_run(run_dir, jsonl=jsonl)
     _ignore_late_signals()
