@@ -296,6 +296,9 @@ def sweep(
     grid: Annotated[Optional[list[str]], typer.Option(
         "--grid", help="KEY=V1,V2,... (repeatable; the cartesian product is run), e.g. method=kd,fbt or "
                        "fusion.split=1,2,3. Values are TOML; commas inside [...] or quotes stay.")] = None,
+    vary: Annotated[Optional[list[str]], typer.Option(
+        "--vary", help="KEY=V1,V2,... one at a time (an ablation): the base plus one run per value, each "
+                       "changing only that key (repeatable; combined with --grid).")] = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds, each cell run once per seed "
                                             "(default: the preset's seed).")] = "",
     jobs: Annotated[int, typer.Option(help="Cells run side by side (CPU: cores split between them; "
@@ -307,19 +310,19 @@ def sweep(
     """Run a preset over a grid of overrides and seeds (one run per cell, a shared teacher trained once),
     then print mean ± std per grid point and write results.csv/results.json. Ctrl-C stops the whole
     sweep (again: abort); `fbt-engine resume <sweep folder>` continues it."""
-    if not grid:
-        raise FBTError("sweep needs at least one --grid KEY=V1,V2,...",
+    if not grid and not vary:
+        raise FBTError("sweep needs at least one --grid KEY=V1,V2,... or --vary KEY=V1,V2,...",
                        "e.g. --grid method=scratch,kd,fbt --seeds 0,1,2 (or use `compare` for every method)")
-    _run_sweep(preset, grid, seeds, jobs, set_ or [], name, runs_dir)
+    _run_sweep(preset, grid or [], seeds, jobs, set_ or [], name, runs_dir, vary or [])
 
 
 def _run_sweep(preset: str, grid: list[str], seeds: str, jobs: int, overrides: list[str], name: Optional[str],
-               runs_dir: Optional[str]) -> None:
+               runs_dir: Optional[str], vary: Optional[list[str]] = None) -> None:
     _quiet_timm()
     from .sweep import execute, new_sweep
-    sw = new_sweep(preset, grid, seeds, jobs, overrides, name, runs_dir)
+    sw = new_sweep(preset, grid, seeds, jobs, overrides, name, runs_dir, vary)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
-    say(f"sweep {sw.dir}: {len(sw.cells)} runs ({', '.join(a.key for a in sw.axes)} x {len(sw.seeds)} seed(s)), "
+    say(f"sweep {sw.dir}: {len(sw.cells)} runs ({' x '.join(sw.columns)} x {len(sw.seeds)} seed(s)), "
         f"{jobs} at a time")
     code = execute(sw, say)
     _ignore_late_signals()

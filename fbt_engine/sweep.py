@@ -40,6 +40,7 @@ from .errors import ConfigError, TrainingError
 MANIFEST = "sweep.json"
 MANIFEST_VERSION = 1
 SEED_KEY = "seed"
+VARIANT = "variant"  # the table column of one-at-a-time ablations (--vary)
 
 
 # --- the plan: axes, cells (pure data) ----------------------------------------------------------
@@ -55,12 +56,15 @@ class Axis:
 @dataclass(frozen=True)
 class Cell:
     name: str
-    overrides: tuple[tuple[str, str], ...]  # (key, value text) in grid order, the seed last
+    overrides: tuple[tuple[str, str], ...]  # (key, value text) in grid order, the variant's, the seed last
+    variant: str = ""  # with --vary: "base" or "KEY=VALUE" (one change from the base); "" without --vary
 
     @property
     def point(self) -> tuple[tuple[str, str], ...]:
         """The grid point without the seed: cells that differ only by seed are averaged together."""
-        return tuple(o for o in self.overrides if o[0] != SEED_KEY)
+        skip = {SEED_KEY, self.variant.partition("=")[0]} if self.variant else {SEED_KEY}
+        grid = tuple(o for o in self.overrides if o[0] not in skip)
+        return grid + ((VARIANT, self.variant),) if self.variant else grid
 
     @property
     def seed(self) -> int:
@@ -88,21 +92,21 @@ def split_values(text: str) -> list[str]:
     return parts
 
 
-def parse_grid(specs: list[str]) -> list[Axis]:
+def parse_grid(specs: list[str], flag: str = "--grid") -> list[Axis]:
     axes: list[Axis] = []
     for spec in specs:
         key, sep, rest = spec.partition("=")
         key = key.strip()
         values = split_values(rest) if sep else []
         if not key or not sep or not all(values):
-            raise ConfigError(f"--grid {spec!r} is not KEY=V1,V2,...",
+            raise ConfigError(f"{flag} {spec!r} is not KEY=V1,V2,...",
                               "e.g. --grid method=kd,fbt --grid fusion.split=1,2,3 --grid loss.feature=infonce,mse")
         if key == SEED_KEY:
-            raise ConfigError("--grid seed=... is what --seeds is for", "write --seeds 0,1,2")
+            raise ConfigError(f"{flag} seed=... is what --seeds is for", "write --seeds 0,1,2")
         if any(a.key == key for a in axes):
-            raise ConfigError(f"--grid names {key!r} twice", "give each key once, with all its values")
+            raise ConfigError(f"{flag} names {key!r} twice", "give each key once, with all its values")
         if len(set(values)) != len(values):
-            raise ConfigError(f"--grid {key}= repeats a value", "give each value once")
+            raise ConfigError(f"{flag} {key}= repeats a value", "give each value once")
         axes.append(Axis(key, tuple(values)))
     return axes
 
@@ -125,17 +129,23 @@ def _short(key: str, value: str) -> str:
     return clean if key == "method" else key.rsplit(".", 1)[-1].replace("_", "") + clean
 
 
-def plan_cells(axes: list[Axis], seeds: list[int]) -> list[Cell]:
-    """The cartesian product in grid order (the first axis varies slowest), seeds innermost."""
+def plan_cells(axes: list[Axis], seeds: list[int], vary: list[Axis] | None = None) -> list[Cell]:
+    """The cartesian product in grid order (the first axis varies slowest), then (with `vary`) the
+    base and each one-at-a-time change, seeds innermost."""
+    variants: list[tuple[str, tuple[tuple[str, str], ...]]] = [("", ())]
+    if vary:
+        variants = [("base", ())] + [(f"{a.key}={v}", ((a.key, v),)) for a in vary for v in a.values]
     cells, names = [], set()
     for combo in itertools.product(*(a.values for a in axes)):
-        for seed in seeds:
-            overrides = (*zip((a.key for a in axes), combo), (SEED_KEY, str(seed)))
-            name = "_".join([_short(k, v) for k, v in overrides[:-1]] + [f"s{seed}"])[:90]
-            if name in names or not name[0].isalnum():
-                name = f"cell{len(cells):03d}-{name}"[:100]
-            names.add(name)
-            cells.append(Cell(name, overrides))
+        for label, change in variants:
+            for seed in seeds:
+                overrides = (*zip((a.key for a in axes), combo), *change, (SEED_KEY, str(seed)))
+                name = "_".join([_short(k, v) for k, v in overrides[:-1]]
+                                + (["base"] if label == "base" else []) + [f"s{seed}"])[:90]
+                if name in names or not name[0].isalnum():
+                    name = f"cell{len(cells):03d}-{name}"[:100]
+                names.add(name)
+                cells.append(Cell(name, overrides, label))
     return cells
 
 
@@ -193,13 +203,20 @@ class Sweep:
     seeds: list[int]
     cells: list[Cell]
     jobs: int = 1
+    vary: list[Axis] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        """The table's grid-point columns."""
+        return [a.key for a in self.axes] + ([VARIANT] if self.vary else [])
 
     def write(self) -> None:
         from .checkpoint import write_bytes_atomic
         data = {"version": MANIFEST_VERSION, "source": self.source, "base": C.to_dict(self.base),
                 "grid": [{"key": a.key, "values": list(a.values)} for a in self.axes], "seeds": self.seeds,
-                "jobs": self.jobs, "cells": [{"name": c.name, "overrides": [list(o) for o in c.overrides]}
-                                             for c in self.cells]}
+                "vary": [{"key": a.key, "values": list(a.values)} for a in self.vary],
+                "jobs": self.jobs, "cells": [{"name": c.name, "overrides": [list(o) for o in c.overrides],
+                                              "variant": c.variant} for c in self.cells]}
         write_bytes_atomic((json.dumps(data, indent=1) + "\n").encode(), self.dir / MANIFEST)
 
     @classmethod
@@ -211,8 +228,9 @@ class Sweep:
                 raise ValueError(f"manifest version {data.get('version')!r}")
             return cls(folder, data["source"], C.from_dict(data["base"], source=str(folder / MANIFEST)),
                        [Axis(a["key"], tuple(a["values"])) for a in data["grid"]], list(data["seeds"]),
-                       [Cell(c["name"], tuple((k, v) for k, v in c["overrides"])) for c in data["cells"]],
-                       int(data.get("jobs", 1)))
+                       [Cell(c["name"], tuple((k, v) for k, v in c["overrides"]), c.get("variant", ""))
+                        for c in data["cells"]],
+                       int(data.get("jobs", 1)), [Axis(a["key"], tuple(a["values"])) for a in data.get("vary", [])])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise TrainingError(f"{str(folder / MANIFEST)!r} is not a readable sweep manifest ({exc})",
                                 "give a folder made by `fbt-engine sweep`") from None
@@ -435,21 +453,23 @@ def aggregate(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
 def write_results(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
     from .checkpoint import write_bytes_atomic
     results, groups = aggregate(sweep)
-    keys = [a.key for a in sweep.axes]
+    keys = sweep.columns
     cols = ["cell", *keys, "seed", "status", "student_top1", "student_last_top1", "fused_top1", "teacher_top1",
             "best_epoch", "time_s", "run_dir"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for r in results:
-        o = dict(r.cell.overrides)
+        o = dict(r.cell.point)
         w.writerow([r.cell.name, *(o[k] for k in keys), r.cell.seed, r.status, *(
             "" if v is None else (round(v, 4) if isinstance(v, float) else v)
             for v in (r.student_top1, r.student_last, r.fused_top1, r.teacher_top1, r.epoch, r.time_s)),
             str(sweep.dir / r.cell.name)])
     write_bytes_atomic(buf.getvalue().encode(), sweep.dir / "results.csv")
     data = {"sweep": str(sweep.dir), "grid": {a.key: list(a.values) for a in sweep.axes}, "seeds": sweep.seeds,
-            "cells": [{"cell": r.cell.name, "overrides": dict(r.cell.overrides), "status": r.status,
+            "vary": {a.key: list(a.values) for a in sweep.vary},
+            "cells": [{"cell": r.cell.name, "overrides": dict(r.cell.overrides), "variant": r.cell.variant,
+                       "status": r.status,
                        "student_top1": r.student_top1, "student_last_top1": r.student_last, "fused_top1": r.fused_top1,
                        "teacher_top1": r.teacher_top1, "best_epoch": r.epoch, "time_s": r.time_s,
                        "message": r.message} for r in results],
@@ -461,7 +481,7 @@ def write_results(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]
 def table_text(sweep: Sweep, groups: list[dict[str, Any]], width: int = 160) -> str:
     from rich.console import Console
     from rich.table import Table
-    keys = [a.key for a in sweep.axes]
+    keys = sweep.columns
     n = len(sweep.seeds)
     table = Table(*keys, "seeds", f"student top-1{' (mean ± std)' if n > 1 else ''}", "fused top-1", "teacher top-1",
                   "time", title=f"{sweep.dir.name}: {len(sweep.cells)} runs, same data and budget per grid point")
@@ -497,21 +517,24 @@ def _gpu_count() -> int:
 
 
 def new_sweep(preset: str, grid: list[str], seeds: str, jobs: int, overrides: list[str], name: str | None,
-              runs_dir: str | None) -> Sweep:
+              runs_dir: str | None, vary: list[str] | None = None) -> Sweep:
     """Plan and check every cell (configs validated, preflight per distinct config), then make the folder."""
     from .run import _new_run_dir  # one folder-naming rule for runs and sweeps (name, name-2, ...)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be at least 1", "e.g. --jobs 2 runs two cells side by side")
     base = C.load_preset(preset, overrides)
-    axes = parse_grid(grid)
-    cells = plan_cells(axes, parse_seeds(seeds, base.seed))
+    axes, varied = parse_grid(grid), parse_grid(vary or [], "--vary")
+    both = [a.key for a in axes if a.key in {v.key for v in varied}]
+    if both:
+        raise ConfigError(f"{both[0]!r} is in --grid and in --vary", "give a key to one of them")
+    cells = plan_cells(axes, parse_seeds(seeds, base.seed), varied)
     base = C.replace(base, name=name or f"{base.name}-sweep", runs_dir=runs_dir or base.runs_dir)
     C.check_name(base.name, "--name")
     for cell in cells:
         cell_config(base, cell)  # every grid value valid before anything starts
     folder = _new_run_dir(C.replace(base, name=base.name))
     (folder / "config.toml").unlink()  # _new_run_dir writes a run's config.toml; a sweep has sweep.json
-    sweep = Sweep(folder, preset, base, axes, parse_seeds(seeds, base.seed), cells, jobs)
+    sweep = Sweep(folder, preset, base, axes, parse_seeds(seeds, base.seed), cells, jobs, varied)
     sweep.write()
     return sweep
 

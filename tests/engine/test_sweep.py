@@ -126,3 +126,21 @@ def test_ctrl_c_stops_the_whole_sweep_and_resume_finishes_it(tmp_path):
     assert [r["status"] for r in _rows(folder / "results.csv")] == ["completed", "completed"]
     started = (folder / "scratch_s0" / "events.jsonl").read_text().count('"type":"started"')
     assert started == 2, "the stopped cell was started afresh instead of resumed"
+
+
+def test_vary_plans_the_base_and_one_change_at_a_time():
+    cells = S.plan_cells(S.parse_grid(["method=fbt"]), [0, 1],
+                         S.parse_grid(["fusion.split=1,2", 'loss.paths=["f->s","t->s"]'], "--vary"))
+    assert [c.name for c in cells] == ["fbt_base_s0", "fbt_base_s1", "fbt_split1_s0", "fbt_split1_s1",
+                                       "fbt_split2_s0", "fbt_split2_s1", "fbt_pathsftosttos_s0", "fbt_pathsftosttos_s1"]
+    assert cells[2].overrides == (("method", "fbt"), ("fusion.split", "1"), ("seed", "0"))
+    assert cells[2].point == (("method", "fbt"), ("variant", "fusion.split=1"))
+    assert cells[0].point == (("method", "fbt"), ("variant", "base"))
+    cfg = S.cell_config(C.load_preset(TINY), cells[6])
+    assert cfg.loss.paths == ["f->s", "t->s"] and cfg.fusion.split == 3
+
+
+def test_a_key_in_grid_and_vary_is_refused(tmp_path):
+    res = subprocess.run([*ENGINE, "sweep", str(TINY), "--grid", "fusion.split=2,3", "--vary", "fusion.split=1",
+                          "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
+    assert res.returncode == 2 and "'fusion.split' is in --grid and in --vary" in res.stderr
