@@ -296,13 +296,25 @@ class Runner:
     gpus: int = 0
     running: list[_Slot] = field(default_factory=list)
     stopping: int = 0  # signals received: 1 graceful, 2 abort
+    hung_up: bool = False
     codes: dict[str, int] = field(default_factory=dict)
 
     def install(self) -> dict[int, Any]:
         previous = {s: signal.signal(s, self._signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        if hasattr(signal, "SIGHUP"):  # the terminal closed: the cells (own sessions) and the sweep go on
-            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: setattr(self, "say", _to_log(self.sweep)))
+        if hasattr(signal, "SIGHUP"):
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._hangup)
         return previous
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        """The terminal closed: the sweep and its cells go on, none writes to the terminal any more
+        (the cells, in their own sessions, are told with the SIGHUP they would have had)."""
+        self.hung_up = True
+        self.say = _to_log(self.sweep)
+        for slot in self.running:
+            try:
+                slot.proc.send_signal(signal.SIGHUP)
+            except OSError:
+                pass
 
     def _signal(self, signum: int, frame: Any) -> None:
         self.stopping = min(self.stopping + 1, 2)
@@ -368,7 +380,7 @@ class Runner:
         if gpu is not None:  # one GPU per side-by-side cell
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         log = None
-        if self.sweep.jobs > 1:
+        if self.sweep.jobs > 1 or self.hung_up:  # one cell at a time on a live terminal: its output shows there
             (self.sweep.dir / "logs").mkdir(exist_ok=True)
             log = open(self.sweep.dir / "logs" / f"{cell.name}.txt", "ab")
         proc = subprocess.Popen([*ENGINE, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -144,3 +144,18 @@ def test_a_key_in_grid_and_vary_is_refused(tmp_path):
     res = subprocess.run([*ENGINE, "sweep", str(TINY), "--grid", "fusion.split=2,3", "--vary", "fusion.split=1",
                           "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=120, env=ENV)
     assert res.returncode == 2 and "'fusion.split' is in --grid and in --vary" in res.stderr
+
+
+def test_a_closed_terminal_does_not_stop_the_sweep(tmp_path):
+    """SIGHUP and a reader that went away: the sweep and its cells go on, into sweep.log and the run folders."""
+    proc = subprocess.Popen([*ENGINE, "sweep", str(TINY), "--grid", "method=scratch", "--seeds", "0,1",
+                             "--runs-dir", str(tmp_path), "--name", "sw"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    folder = tmp_path / "sw"
+    events = folder / "scratch_s0" / "events.jsonl"
+    _wait_for(lambda: events.is_file() and '"type":"step"' in events.read_text())
+    proc.send_signal(signal.SIGHUP)
+    proc.stderr.close()  # the terminal is gone: every later write to it fails
+    assert proc.wait(timeout=600) == 0
+    assert [r["status"] for r in _rows(folder / "results.csv")] == ["completed", "completed"]
+    assert "scratch_s1: student" in (folder / "sweep.log").read_text()
