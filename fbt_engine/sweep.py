@@ -457,9 +457,24 @@ def aggregate(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
                           ("time_s", lambda r: r.time_s)):
             mean, std = _mean_std([v for v in map(get, ok) if v is not None])
             row[f"{name}_mean"], row[f"{name}_std"] = mean, std
-        row.update(seeds=len(rs), completed=len(ok), teacher_top1=next((r.teacher_top1 for r in ok if r.teacher_top1 is not None), None))
+        row.update(seeds=len(rs), completed=len(ok),
+                   teacher_top1=next((r.teacher_top1 for r in ok if r.teacher_top1 is not None), None))
         rows.append(row)
+    _vs_scratch(rows, [dict(point) for point in groups])
     return results, rows
+
+
+def _vs_scratch(rows: list[dict[str, Any]], points: list[dict[str, str]]) -> None:
+    """`student_vs_scratch`: the mean student top-1 minus the scratch run's at the same grid point
+    (method the only difference), when the sweep has one: what a distillation method gained."""
+    for row, point in zip(rows, points):
+        row["student_vs_scratch"] = None
+        if point.get("method", "scratch") == "scratch" or row["student_top1_mean"] is None:
+            continue
+        want = {**point, "method": "scratch"}
+        twin = next((r for r, p in zip(rows, points) if p == want), None)
+        if twin is not None and twin["student_top1_mean"] is not None:
+            row["student_vs_scratch"] = row["student_top1_mean"] - twin["student_top1_mean"]
 
 
 def write_results(sweep: Sweep) -> tuple[list[CellResult], list[dict[str, Any]]]:
@@ -495,7 +510,9 @@ def table_text(sweep: Sweep, groups: list[dict[str, Any]], width: int = 160) -> 
     from rich.table import Table
     keys = sweep.columns
     n = len(sweep.seeds)
-    table = Table(*keys, "seeds", f"student top-1{' (mean ± std)' if n > 1 else ''}", "fused top-1", "teacher top-1",
+    gains = any(row.get("student_vs_scratch") is not None for row in groups)
+    table = Table(*keys, "seeds", f"student top-1{' (mean ± std)' if n > 1 else ''}",
+                  *(["vs scratch"] if gains else []), "fused top-1", "teacher top-1",
                   "time", title=f"{sweep.dir.name}: {len(sweep.cells)} runs, same data and budget per grid point")
 
     def ms(row: dict[str, Any], name: str, fmt: str = "{:.2f}") -> str:
@@ -504,7 +521,9 @@ def table_text(sweep: Sweep, groups: list[dict[str, Any]], width: int = 160) -> 
             return "-"
         return fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std))
     for row in groups:
+        gain = row.get("student_vs_scratch")
         table.add_row(*(str(row[k]) for k in keys), f"{row['completed']}/{row['seeds']}", ms(row, "student_top1"),
+                      *([("-" if gain is None else f"{gain:+.2f}")] if gains else []),
                       ms(row, "fused_top1"), _pct(row["teacher_top1"]), ms(row, "time_s", "{:.0f}s"))
     con = Console(file=io.StringIO(), width=width)
     con.print(table)

@@ -91,6 +91,9 @@ def test_sweep_side_by_side_trains_the_teacher_once_and_tables_mean_std(tmp_path
     assert kd["student_top1_mean"] == pytest.approx(statistics.fmean(tops))
     assert kd["student_top1_std"] == pytest.approx(statistics.stdev(tops))
     assert "student top-1 (mean ± std)" in res.stderr and f"{statistics.fmean(tops):.2f} ± " in res.stderr
+    scratch = statistics.fmean(float(r["student_top1"]) for r in rows if r["method"] == "scratch")
+    assert kd["student_vs_scratch"] == pytest.approx(statistics.fmean(tops) - scratch)
+    assert f"{statistics.fmean(tops) - scratch:+.2f}" in res.stderr
     # the kd runs were checked against their seed's scratch run
     cfg = C.load_preset(folder / "kd_s1" / "config.toml")
     assert cfg.health.baseline == str(folder / "scratch_s1")
