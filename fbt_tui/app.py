@@ -104,6 +104,7 @@ class FbtApp(App[None]):
         self.session: RunSession | None = None
         self.service = EngineService()  # one warm `fbt-engine serve` per session, for previews
         self.model_names: list[str] = []  # the catalog's names, for the command palette
+        self.sweep_procs: dict[Path, Any] = {}  # sweep folder -> the sweep process this TUI launched
         self.set_reactive(FbtApp.state, initial_state(preset))  # the header shows the pair at once
 
     def on_mount(self) -> None:
@@ -238,6 +239,28 @@ class FbtApp(App[None]):
     async def action_focus_load(self) -> None:
         await self._on_screen("configure", "focus_load")
 
+    async def action_sweep_methods(self) -> None:
+        """Ask which methods, seeds and jobs, then launch `fbt-engine compare` on the working preset."""
+        from fbt_engine.methods import names
+
+        from .widgets.modals import SweepModal
+
+        try:
+            cfg = self.state.config()
+        except ConfigError as err:
+            self.notify(f"the preset is not valid yet: {config_error_text(err)}", severity="error", timeout=6,
+                        markup=False)
+            return
+
+        def answered(choice: dict | None) -> None:
+            if choice:
+                self.start_sweep(cfg, choice["methods"], choice["seeds"], choice["jobs"])
+
+        self.push_screen(SweepModal(self.state_pair(), list(names()), str(cfg.seed)), answered)
+
+    def state_pair(self) -> str:
+        return f"{self.teacher or '-'} -> {self.student or '-'}"
+
     def action_stop_run(self) -> None:
         if self.session is not None and self.session.stop():
             self.notify("asked the run to stop (it finishes the step and writes a checkpoint)", timeout=3)
@@ -248,6 +271,70 @@ class FbtApp(App[None]):
     def on_start_run(self, message: StartRun) -> None:
         args = ["run", str(message.preset), "--jsonl", "--name", message.name, "--runs-dir", str(self.runs_dir)]
         self.start_session(RunState(name=message.name, run_dir=self.runs_dir / message.name), args)
+
+    # --- sweeps ----------------------------------------------------------------------------------
+    def start_sweep(self, cfg: Any, methods: list[str], seeds: str, jobs: int) -> None:
+        """Write the resolved preset under runs/.presets/ and launch `fbt-engine compare` on it."""
+        from fbt_engine.config import dumps
+
+        from .screens.configure import unique_name, write_atomic
+
+        name = unique_name(self.runs_dir, f"{cfg.name}-compare")
+        preset = self.runs_dir / ".presets" / f"{name}.toml"
+        try:
+            write_atomic(preset, dumps(cfg))  # fully resolved: the sweep repeats exactly
+        except OSError as err:
+            self.notify(f"could not write {preset}: {err}", severity="error", timeout=6, markup=False)
+            return
+        self.launch_sweep(self.runs_dir / name, ["compare", str(preset), "--methods", ",".join(methods), "--seeds",
+                                                 seeds, "--jobs", str(jobs), "--name", name, "--runs-dir",
+                                                 str(self.runs_dir)])
+        self.switch_mode("runs")
+
+    def launch_sweep(self, folder: Path, args: list[str]) -> bool:
+        """Start a sweep (or its resume) in the background; it outlives the TUI. Its output goes to
+        runs/.presets/<sweep>.log (the engine keeps its own sweep.log in the sweep folder)."""
+        from .engine_client import engine_command
+        from .sweeps import launch
+
+        if (old := self.sweep_procs.get(folder)) is not None and old.poll() is None:
+            self.notify(f"sweep {folder.name} is already running", severity="warning", timeout=4, markup=False)
+            return False
+        log = self.runs_dir / ".presets" / f"{folder.name}.log"
+        try:
+            proc = launch(engine_command() + args, log)
+        except OSError as exc:
+            self.notify(f"could not start the engine: {exc.strerror or exc}", severity="error", timeout=6,
+                        markup=False)
+            return False
+        self.sweep_procs[folder] = proc
+        self.notify(f"sweep {folder.name} started in the background: {args[0]} (log {log})", timeout=5,
+                    markup=False)
+        self.run_worker(self._watch_sweep(folder, proc, log), group="sweeps", exit_on_error=False)
+        return True
+
+    def live_sweeps(self) -> list[Path]:
+        """Sweep folders whose sweep process this TUI launched and which is still going."""
+        return [folder for folder, proc in self.sweep_procs.items() if proc.poll() is None]
+
+    async def _watch_sweep(self, folder: Path, proc: Any, log: Path) -> None:
+        from .engine_client import parse_error
+
+        while (code := proc.poll()) is None:
+            await asyncio.sleep(0.5)
+        if code == 0:
+            self.notify(f"sweep {folder.name}: completed", timeout=5, markup=False)
+            return
+        if code == 130:
+            self.notify(f"sweep {folder.name}: stopped (u on Runs resumes it)", timeout=5, markup=False)
+            return
+        try:
+            tail = log.read_text(encoding="utf-8", errors="replace")[-4000:]
+        except OSError:
+            tail = ""
+        err = parse_error(tail, code)
+        self.notify(f"sweep {folder.name}: {err.message}" + (f"\nhint: {err.hint}" if err.hint else ""),
+                    severity="error", timeout=10, markup=False)
 
     def on_open_run(self, message: OpenRun) -> None:
         run = message.run

@@ -1,5 +1,6 @@
 """The app's actions in the command palette (ctrl+p): go to a screen, pick a teacher or student,
-load or save a preset, start, stop or resume a run, compare runs, open the run folder, help.
+load or save a preset, start, stop or resume a run, sweep the methods or resume a sweep, compare
+runs, open the run folder, help.
 
 Model names come from the catalog the app already holds; presets are the `*.toml` files in
 `presets/` and the working folder; resumable runs come from a scan of the runs folder when the
@@ -37,15 +38,18 @@ class FbtCommands(Provider):
 
     async def startup(self) -> None:
         self.resumable: list[Any] = []
+        self.resumable_sweeps: list[Any] = []
         runs_dir = getattr(self.app, "runs_dir", None)
         if runs_dir is not None:
-            from .runs import scan_runs
+            from .runs import scan_all
 
+            live = getattr(self.app, "live_sweeps", list)
             try:
-                runs = await asyncio.to_thread(scan_runs, Path(runs_dir))
+                rows = await asyncio.to_thread(scan_all, Path(runs_dir), live())
             except OSError:
-                runs = []
-            self.resumable = [r for r in runs if r.status == "stopped"]
+                rows = []
+            self.resumable = [r for r in rows if not r.is_sweep and not r.sweep and r.status == "stopped"]
+            self.resumable_sweeps = [r for r in rows if r.is_sweep and r.status in ("stopped", "failed")]
 
     def _actions(self) -> Iterator[tuple[str, Callable[[], Any], str]]:
         """(title, callback, help) for every fixed command."""
@@ -62,6 +66,11 @@ class FbtCommands(Provider):
         yield "Stop run", partial(app.run_action, "stop_run"), "graceful stop (SIGINT): finishes the step, checkpoints"
         for run in self.resumable:
             yield f"Resume run {run.name}", partial(app.post_message, OpenRun(run, "resume")), f"{run.pair}, stopped"
+        yield "Sweep methods...", partial(app.run_action, "sweep_methods"), \
+            "fbt-engine compare on the working preset: pick methods, seeds, jobs; runs in the background"
+        for sweep in self.resumable_sweeps:
+            yield (f"Resume sweep {sweep.name}", partial(app.launch_sweep, sweep.path, ["resume", str(sweep.path)]),
+                   f"{sweep.grid}, {sweep.progress}, {sweep.status}")
         yield "Compare runs", partial(app.run_action, "compare_runs"), "overlay the runs selected on Runs (space)"
         yield "Open run folder", partial(app.run_action, "open_run_folder"), "show and copy the watched run's folder"
         yield "Help: every key", partial(app.run_action, "help"), "key ?"

@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ class RunSummary:
     started: float | None = None  # when the run started (epoch seconds), None when unknown
     warnings: int = 0  # `warning` events (health checks) in its events.jsonl
     latest_warning: str = ""  # the newest one's signal
+    sweep: str = ""  # the sweep folder (under the runs folder) this run is a cell of; "" for a run of its own
+
+    is_sweep = False  # a SweepSummary (fbt_tui/sweeps.py) stands beside runs in the Runs screen's list
+
+    @property
+    def key(self) -> str:
+        """Unique among the Runs screen's rows: `name`, or `sweep/name` for a sweep's cell."""
+        return f"{self.sweep}/{self.name}" if self.sweep else self.name
 
     @property
     def events_path(self) -> Path:
@@ -120,13 +129,38 @@ def is_run_dir(path: Path) -> bool:
 
 
 def scan_runs(runs_dir: str | Path) -> list[RunSummary]:
-    """Every run folder directly under `runs_dir`, sorted by name (folders deleted meanwhile are left out)."""
+    """Every run folder directly under `runs_dir`, sorted by name (folders deleted meanwhile are left
+    out; sweep folders too: `scan_all` lists them with their cells)."""
     root = Path(runs_dir)
     try:
-        folders = sorted(p for p in root.iterdir() if is_run_dir(p))
+        folders = sorted(p for p in root.iterdir() if is_run_dir(p) and not (p / "sweep.json").is_file())
     except OSError:  # missing, or deleted while listed
         return []
     return [s for s in map(summarize, folders) if s is not None]
+
+
+def scan_all(runs_dir: str | Path, alive: Collection[Path] = ()) -> list[Any]:
+    """The Runs screen's rows: every run and sweep folder under `runs_dir` by name, each sweep
+    (a `SweepSummary`) followed by its cells' summaries. `alive`: sweep folders whose sweep process
+    this TUI knows to be running."""
+    from .sweeps import is_sweep_dir, summarize_sweep
+
+    root = Path(runs_dir)
+    try:
+        folders = sorted(p for p in root.iterdir() if is_sweep_dir(p) or is_run_dir(p))
+    except OSError:
+        return []
+    rows: list[Any] = []
+    for folder in folders:
+        try:
+            if is_sweep_dir(folder):
+                sweep = summarize_sweep(folder, alive)
+                rows += [sweep, *sweep.cells]
+            elif (run := summarize(folder)) is not None:
+                rows.append(run)
+        except OSError:  # deleted while scanned
+            continue
+    return rows
 
 
 def format_duration(seconds: object) -> str:

@@ -1,4 +1,5 @@
-"""Small modal dialogs: confirmations (kill, overwrite, pair), and the quit-with-a-live-run question."""
+"""Small modal dialogs: confirmations (kill, overwrite, pair), the quit-with-a-live-run question, and
+what a sweep of methods runs."""
 
 from __future__ import annotations
 
@@ -60,3 +61,83 @@ def quit_modal(run: str) -> ChoiceModal:
     return ChoiceModal(f"Run {run!r} is still going. Stop it, or leave it running in the background?",
                        [("stop", "Stop run and quit"), ("leave", "Leave running and quit"),
                         ("cancel", "Cancel")])
+
+
+class SweepModal(ModalScreen["dict | None"]):
+    """Ask what a sweep of methods runs: which methods (all by default), which seeds, how many at a
+    time. Dismisses with {"methods": [...], "seeds": "0,1", "jobs": 1}, or None (escape: cancel)."""
+
+    BINDINGS = [("escape", "dismiss(None)", "Cancel")]
+    DEFAULT_CSS = """
+    SweepModal { align: center middle; }
+    SweepModal > Vertical { width: 72; height: auto; max-height: 90%; border: thick $primary; background: $surface;
+                            padding: 1 2; }
+    SweepModal SelectionList { height: auto; max-height: 12; }
+    SweepModal Horizontal { height: auto; margin-top: 1; }
+    SweepModal Horizontal Label { padding: 1 1 0 0; }
+    SweepModal Input { width: 16; }
+    SweepModal Button { margin-right: 1; }
+    SweepModal #sweep-why { color: $error; height: auto; }
+    """
+
+    def __init__(self, pair: str, methods: list[str], seeds: str = "0", jobs: int = 1) -> None:
+        super().__init__()
+        self.pair = pair
+        self.methods = methods
+        self.seeds = seeds
+        self.jobs = jobs
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import Input, Label, SelectionList
+
+        with Vertical():
+            yield Static(f"Sweep methods for {self.pair}: one run per method and seed, same data, budget and "
+                         "teacher (`fbt-engine compare`). It runs in the background; the Runs screen shows it.",
+                         markup=False)
+            yield SelectionList[str](*((m, m, True) for m in self.methods), id="sweep-methods")
+            with Horizontal():
+                yield Label("seeds")
+                yield Input(self.seeds, id="sweep-seeds", placeholder="0,1,2")
+                yield Label("jobs")
+                yield Input(str(self.jobs), id="sweep-jobs", type="integer")
+            yield Static("", id="sweep-why", markup=False)
+            with Horizontal():
+                yield Button("Start sweep", id="start", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.set_focus(self.query_one("#sweep-methods"))
+
+    def answer(self) -> tuple[dict | None, str]:
+        """The choices, or None and why they cannot be run."""
+        from textual.widgets import Input, SelectionList
+
+        methods = list(self.query_one("#sweep-methods", SelectionList).selected)
+        seeds = self.query_one("#sweep-seeds", Input).value.replace(" ", "").strip(",")
+        jobs = self.query_one("#sweep-jobs", Input).value.strip()
+        if not methods:
+            return None, "pick at least one method (space toggles the highlighted one)"
+        try:
+            values = [int(s) for s in seeds.split(",")] if seeds else [0]
+        except ValueError:
+            return None, f"seeds {seeds!r} are not comma-separated integers, e.g. 0,1,2"
+        if len(set(values)) != len(values):
+            return None, "a seed is given twice"
+        if not jobs.isdigit() or int(jobs) < 1:
+            return None, "jobs is how many runs go side by side: 1 or more"
+        return {"methods": methods, "seeds": ",".join(map(str, values)), "jobs": int(jobs)}, ""
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id != "start":
+            self.dismiss(None)
+            return
+        self.submit()
+
+    def on_input_submitted(self) -> None:
+        self.submit()
+
+    def submit(self) -> None:
+        choice, why = self.answer()
+        self.query_one("#sweep-why", Static).update(why)
+        if choice is not None:
+            self.dismiss(choice)

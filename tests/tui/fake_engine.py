@@ -2,7 +2,9 @@
 
 Usage: FBT_ENGINE="python tests/tui/fake_engine.py" fbt-tui
 Commands: models --json | fuse T S --json [...] | run PRESET --jsonl [--name N] [--runs-dir D]
-          | resume RUN_DIR --jsonl | validate PRESET | serve (the service protocol, see serve()).
+          | resume RUN_DIR --jsonl | validate PRESET | serve (the service protocol, see serve())
+          | compare PRESET --methods A,B [--seeds 0,1] --name N --runs-dir D | resume SWEEP_DIR
+          (a sweep: sweep.json plus one run folder per cell, run one after another).
 Run scenario: $FBT_FAKE_SCENARIO, else the preset's file name if it contains one of the scenario
 words (normal, fail, crash, fast, slow). Delay between steps: $FBT_FAKE_DELAY seconds.
 Fault scenarios: segv (dies of SIGSEGV mid-run), orphan (SIGKILLs itself while a grandchild holds
@@ -350,9 +352,11 @@ def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: boo
 
 
 def finish(out: Out, reason: str, best: tuple[int, float], epoch: int, t0: float) -> None:
+    evals = {"student_top1": best[1], "fused_top1": round(best[1] + 3, 2), "teacher_top1": 92.5}
     out.emit("finished", reason=reason, best={"epoch": best[0], "student_top1": best[1]},
              last={"epoch": epoch, "student_top1": best[1]}, duration_s=round(time.monotonic() - t0, 2),
-             student_path=str(out.path.parent / "student.safetensors"))
+             student_path=str(out.path.parent / "student.safetensors"),
+             best_eval={"epoch": best[0], **evals}, last_eval={"epoch": epoch, **evals})
 
 
 def on_sigint(*_: object) -> None:
@@ -372,8 +376,42 @@ def run(args: list[str]) -> None:
     flood(out, cfg) if scenario == "flood" else train(out, cfg, scenario)
 
 
+def compare(args: list[str]) -> None:
+    """A sweep over `method` (the real one: fbt_engine/sweep.py); the cells run one after another."""
+    cfg = read_preset(args[0])
+    methods, seeds = opt(args, "--methods", "scratch,kd,fbt").split(","), opt(args, "--seeds", "0").split(",")
+    folder = Path(opt(args, "--runs-dir", "runs")) / opt(args, "--name", f"{cfg.get('name', 'quick')}-compare")
+    folder.mkdir(parents=True)
+    cells = [{"name": f"{m}_s{s}", "overrides": [["method", m], ["seed", s]]} for m in methods for s in seeds]
+    manifest = {"version": 1, "source": args[0], "base": cfg, "grid": [{"key": "method", "values": methods}],
+                "seeds": [int(s) for s in seeds], "jobs": 1, "cells": cells}
+    (folder / "sweep.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    print(f"sweep {folder}: {len(cells)} runs", file=sys.stderr, flush=True)
+    sweep_cells(folder)
+
+
+def sweep_cells(folder: Path) -> None:
+    manifest = json.loads((folder / "sweep.json").read_text(encoding="utf-8"))
+    for cell in manifest["cells"]:
+        run_dir, events = folder / cell["name"], folder / cell["name"] / "events.jsonl"
+        if events.is_file() and any(getattr(e, "type", "") == "finished" and e.get("reason") == "completed"
+                                    for e in read_events(events)):
+            continue
+        run_dir.mkdir(exist_ok=True)
+        overrides = dict(cell["overrides"])
+        cfg = {**manifest["base"], "name": cell["name"], "method": overrides["method"], "seed": int(overrides["seed"])}
+        (run_dir / "config.toml").write_text(f'name = "{cell["name"]}"\nmethod = "{cfg["method"]}"\n', encoding="utf-8")
+        out = Out(cell["name"], run_dir / "events.jsonl")
+        out.stdout_ok = False
+        train(out, cfg, "normal")
+        if STOP:
+            raise SystemExit(130)
+
+
 def resume(args: list[str]) -> None:
     run_dir = Path(args[0])
+    if (run_dir / "sweep.json").is_file():
+        return sweep_cells(run_dir)
     cfg = read_preset(str(run_dir / "config.toml"))
     done = [e for e in read_events(run_dir / "events.jsonl") if getattr(e, "type", "") == "eval"]
     start = (int(done[-1].get("epoch")) + 1) if done else 1
@@ -398,6 +436,8 @@ def main(argv: list[str]) -> None:
         run(args)
     elif cmd == "resume":
         resume(args)
+    elif cmd == "compare":
+        compare(args)
     elif cmd == "validate":
         read_preset(args[0])
     elif cmd == "serve":
