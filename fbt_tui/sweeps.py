@@ -85,10 +85,11 @@ def is_sweep_dir(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).is_file()
 
 
-def grid_text(axes: list[Any], seeds: list[int]) -> str:
-    """`method x 3 seeds`, `method x fusion.split x 1 seed`."""
+def grid_text(axes: list[Any], seeds: list[int], vary: list[Any] = ()) -> str:  # type: ignore[assignment]
+    """`method x 3 seeds`, `method x fusion.split x 1 seed`, `vary loss.feature x 1 seed` (--vary ablations)."""
     n = len(seeds)
-    return " x ".join([*(a.key for a in axes), f"{n} seed{'s' if n != 1 else ''}"])
+    varied = [f"vary {', '.join(a.key for a in vary)}"] if vary else []
+    return " x ".join([*(a.key for a in axes), *varied, f"{n} seed{'s' if n != 1 else ''}"])
 
 
 def sweep_status(cells: list[str], process_alive: bool) -> str:
@@ -123,7 +124,7 @@ def summarize_sweep(folder: Path, alive: Collection[Path] = ()) -> SweepSummary:
         statuses.append(run.status if run is not None else "pending")
         if run is not None:
             cells.append(_cell(run, folder.name))
-    return SweepSummary(folder.name, folder, sweep_status(statuses, process_alive), grid_text(sweep.axes, sweep.seeds),
+    return SweepSummary(folder.name, folder, sweep_status(statuses, process_alive), grid_text(sweep.axes, sweep.seeds, getattr(sweep, "vary", [])),
                         statuses.count("completed"), len(sweep.cells), tuple(cells), sweep.base.teacher.model or "",
                         sweep.base.student.model or "", _started(folder), manifest=sweep)
 
@@ -158,12 +159,19 @@ def results_table(sweep: SweepSummary) -> tuple[list[str], list[list[str]]]:
     if sweep.manifest is None:
         return ["problem"], [[sweep.problem or "no manifest"]]
     _, groups = aggregate(sweep.manifest)
-    keys = [a.key for a in sweep.manifest.axes]
-    columns = [*keys, "seeds done", "student top-1", "fused top-1", "teacher top-1", "time"]
+    keys = list(getattr(sweep.manifest, "columns", [a.key for a in sweep.manifest.axes]))
+    gains = any(g.get("student_vs_scratch") is not None for g in groups)  # the engine's table shows it then too
+    columns = [*keys, "seeds done", "student top-1", *(["vs scratch"] if gains else []), "fused top-1",
+               "teacher top-1", "time"]
     rows = [[*(str(g.get(k, "")) for k in keys), f"{g['completed']}/{g['seeds']}", mean_std(g, "student_top1"),
-             mean_std(g, "fused_top1"), "-" if g.get("teacher_top1") is None else f"{g['teacher_top1']:.2f}",
-             mean_std(g, "time_s", "{:.0f}s")] for g in groups]
+             *([_signed(g.get("student_vs_scratch"))] if gains else []), mean_std(g, "fused_top1"),
+             "-" if g.get("teacher_top1") is None else f"{g['teacher_top1']:.2f}", mean_std(g, "time_s", "{:.0f}s")]
+            for g in groups]
     return columns, rows
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
 
 
 # --- acting on a sweep folder -------------------------------------------------------------------

@@ -108,11 +108,12 @@ def test_sweep_status_rule() -> None:
 
 def test_results_table_is_mean_and_std_over_completed_seeds(sweeps: Path) -> None:
     columns, rows = results_table(summarize_sweep(sweeps / "quick-compare"))
-    assert columns == ["method", "seeds done", "student top-1", "fused top-1", "teacher top-1", "time"]
-    # scratch: 60 and 62 -> 61 ± 1.41 (sample std); kd: only s0 completed (65); fbt: nothing completed yet
-    assert rows == [["scratch", "2/2", "61.00 ± 1.41", "63.00 ± 1.41", "92.50", "125s ± 0s"],
-                    ["kd", "1/2", "65.00", "67.00", "92.50", "125s"],
-                    ["fbt", "0/2", "-", "-", "-", "-"]]
+    assert columns == ["method", "seeds done", "student top-1", "vs scratch", "fused top-1", "teacher top-1", "time"]
+    # scratch: 60 and 62 -> 61 ± 1.41 (sample std); kd: only s0 completed (65, 4 above scratch's mean);
+    # fbt: nothing completed yet
+    assert rows == [["scratch", "2/2", "61.00 ± 1.41", "-", "63.00 ± 1.41", "92.50", "125s ± 0s"],
+                    ["kd", "1/2", "65.00", "+4.00", "67.00", "92.50", "125s"],
+                    ["fbt", "0/2", "-", "-", "-", "-", "-"]]
 
 
 def test_unreadable_manifest_is_a_row_with_its_reason(workdir: Path) -> None:
@@ -152,8 +153,7 @@ async def test_enter_on_a_sweep_shows_its_table_and_overlay(fake_engine, sweeps)
         table = screen.query_one("#sweep-table", DataTable)
         await wait_for(pilot, lambda: table.row_count == 3 and bool(drawn), what="sweep table and overlay")
         assert app.current_mode == "runs" and not table.has_class("hidden")
-        assert [str(c) for c in table.get_row_at(0)] == ["scratch", "2/2", "61.00 ± 1.41", "63.00 ± 1.41", "92.50",
-                                                          "125s ± 0s"]
+        assert [str(c) for c in table.get_row_at(1)] == ["kd", "1/2", "65.00", "+4.00", "67.00", "92.50", "125s"]
         assert [label for label, _, _ in drawn[-1]] == ["scratch_s0 (scratch)", "scratch_s1 (scratch)", "kd_s0 (kd)",
                                                         "kd_s1 (kd)", "fbt_s0 (fbt)"]
         assert drawn[-1][0][2] == [40.0, 50.0, 60.0]  # scratch_s0's student top-1 per epoch
