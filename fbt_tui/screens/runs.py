@@ -150,9 +150,12 @@ class RunsScreen(FbtScreen):
                 Binding("f", "folder", "Folder", show=False), Binding("v", "log", "Log", show=False),
                 Binding("p", "config", "Config", show=False), Binding("g", "rescan", "Refresh", show=False),
                 Binding("s", "app.sweep_methods", "Sweep methods", show=False)]
+    HELP = (("enter (sweep row)", "the sweep's table (mean ± std per grid point) and its cells' accuracy curves"),
+            ("space (sweep row)", "select or unselect all of the sweep's cells"),
+            ("u / a / d (sweep row)", "resume the sweep in the background / watch its running cell / delete it"))
     DEFAULT_CSS = """
     RunsScreen #compare { height: 1fr; }
-    RunsScreen #sweep-table { height: auto; max-height: 10; }
+    RunsScreen #sweep-table { height: auto; max-height: 11; border-top: solid $primary; }
     """
 
     def __init__(self) -> None:

@@ -92,7 +92,8 @@ class SweepModal(ModalScreen["dict | None"]):
 
         with Vertical():
             yield Static(f"Sweep methods for {self.pair}: one run per method and seed, same data, budget and "
-                         "teacher (`fbt-engine compare`). It runs in the background; the Runs screen shows it.",
+                         "teacher (`fbt-engine compare`), in the background: the Runs screen shows it. Space toggles a "
+                         "method.",
                          markup=False)
             yield SelectionList[str](*((m, m, True) for m in self.methods), id="sweep-methods")
             with Horizontal():
