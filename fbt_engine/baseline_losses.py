@@ -197,15 +197,18 @@ class CRDMemory(nn.Module):
         out_s = self._scores(self.memory_t, idx, v_s)
         out_t = self._scores(self.memory_s, idx, v_t)
         if not self._z_known:  # Z is set once, from the first batch (crd.py lines 156-164)
+            from .ddp import all_mean_  # under torchrun: the global batch's mean (equal batches per rank)
             if self.z[0] < 0:
-                self.z[0] = out_s.detach().mean() * self.num_data
+                self.z[0] = all_mean_(out_s.detach().mean()) * self.num_data
             if self.z[1] < 0:
-                self.z[1] = out_t.detach().mean() * self.num_data
+                self.z[1] = all_mean_(out_t.detach().mean()) * self.num_data
             self._z_known = True  # checked on the host once per process (a loaded bank has Z), not every step
         out_s, out_t = out_s / self.z[0], out_t / self.z[1]
-        with torch.no_grad():
-            self._update(self.memory_s, index, v_s)
-            self._update(self.memory_t, index, v_t)
+        with torch.no_grad():  # under torchrun every rank moves the rows of the global batch (ddp.gather_batch)
+            from .ddp import gather_batch
+            index = gather_batch(index)
+            self._update(self.memory_s, index, gather_batch(v_s.detach()))
+            self._update(self.memory_t, index, gather_batch(v_t.detach()))
         return out_s, out_t
 
     def _scores(self, memory: Tensor, idx: Tensor, v: Tensor) -> Tensor:

@@ -29,6 +29,8 @@ DATASETS = ("digits", "fashion_mnist", "cifar100", "imagefolder")
 PATHS = ("t->f", "f->s", "t->s")
 ORDERS = ("auto", "student-first", "teacher-first")  # fusion.order / fuse --order
 MIXERS = ("auto", "attention", "swin", "none")  # fusion.mixer / fuse --mixer
+BATCH_SCOPES = ("global", "per_rank")  # train.batch_scope
+LR_SCALES = ("none", "linear", "sqrt")  # train.lr_scale (timm's --lr-base-scale, plus none)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads for torch (0: torch's default); 1 is fastest on a busy shared CPU
     max_steps_per_epoch: int = 0  # 0: full epoch (useful for smoke tests and benchmarks)
+    # torchrun (docs/distributed.md): batch_scope global: batch_size is the global batch, split over
+    # the ranks (the same preset trains the same model on 1 or N GPUs); per_rank: each rank's batch
+    # (timm train.py's convention; the global batch grows with the world size).
+    batch_scope: str = "global"  # global | per_rank
+    lr_scale: str = "none"  # none | linear | sqrt: lr x (global batch / lr_base_size), as timm's --lr-base-scale
+    lr_base_size: int = 256  # the global batch `lr` is given for when lr_scale is not none (timm's --lr-base-size)
+    sync_bn: bool = False  # torchrun on CUDA: SyncBatchNorm in the trained modules (the frozen teacher keeps its own)
 
 
 @dataclass(frozen=True)
@@ -353,6 +362,7 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
     ("train.decay_rate", 0, None, False, True, "the step schedule multiplies the learning rate by it, e.g. 0.1"),
     ("train.grad_clip", 0, None, True, True, "0 turns gradient clipping off; 5.0 is the paper's"),
     ("train.ema_decay", 0, 1, True, False, "0 turns model EMA off; 0.99996 is the paper's"),
+    ("train.lr_base_size", 1, None, True, True, "it is the global batch `train.lr` is given for, e.g. 256"),
     ("train.threads", 0, 1024, True, True, "0 keeps torch's default; 1 is fastest on a busy shared CPU"),
     ("train.max_steps_per_epoch", 0, None, True, True, "0 runs full epochs"),
     ("aug.scale_min", 0, 1, False, True, "it is the smallest crop share; 1.0 turns random crops off"),
@@ -516,6 +526,8 @@ def validate(cfg: RunConfig, source: str = "<preset>") -> None:
     _choice(cfg.train.sched, ("cosine", "step", "none"), "train.sched", source)
     _choice(cfg.train.amp, ("auto", "bf16", "fp16", "off"), "train.amp", source)
     _choice(cfg.train.channels_last, ("auto", "on", "off"), "train.channels_last", source)
+    _choice(cfg.train.batch_scope, BATCH_SCOPES, "train.batch_scope", source)
+    _choice(cfg.train.lr_scale, LR_SCALES, "train.lr_scale", source)
     _check_device(cfg.train.device, source)
     if not cfg.student.model:
         raise ConfigError(f"`student.model` is missing in {source}",
@@ -574,6 +586,26 @@ def teacher_train_config(cfg: RunConfig) -> TrainConfig:
     return replace(tc, epochs=tt.epochs, optimizer=tt.optimizer, lr=tt.lr, min_lr=tt.min_lr,
                    weight_decay=tt.weight_decay, warmup_epochs=tt.warmup_epochs, ema_decay=0.0,
                    batch_size=tt.batch_size or tc.batch_size)
+
+
+def rank_batch_size(tc: TrainConfig, world: int) -> int:
+    """Each rank's batch: `batch_size` / world under batch_scope global, `batch_size` under per_rank."""
+    if tc.batch_scope == "per_rank" or world <= 1:
+        return tc.batch_size
+    if tc.batch_size % world:
+        raise ConfigError(f"`train.batch_size` = {tc.batch_size} is the global batch (train.batch_scope = "
+                          f"\"global\") and does not divide over {world} ranks",
+                          f"use a multiple of {world} (e.g. {max(world, tc.batch_size // world * world)}), or set "
+                          "train.batch_scope = \"per_rank\"")
+    return tc.batch_size // world
+
+
+def scaled_lr(tc: TrainConfig, world: int) -> float:
+    """`lr` scaled to the global batch by `lr_scale` (none, linear or sqrt in global batch / lr_base_size)."""
+    if tc.lr_scale == "none":
+        return tc.lr
+    ratio = rank_batch_size(tc, world) * max(world, 1) / tc.lr_base_size
+    return tc.lr * (ratio if tc.lr_scale == "linear" else math.sqrt(ratio))
 
 
 # --- TOML and overrides -------------------------------------------------------------------
@@ -691,4 +723,5 @@ def _kwargs_text(kwargs: dict[str, Any]) -> str:
 
 __all__ = ["RunConfig", "ModelConfig", "TeacherTrainConfig", "DataConfig", "AugConfig", "TrainConfig",
            "FusionConfig", "LossConfig", "LogConfig", "load_preset", "from_dict", "to_dict", "dumps", "validate", "check_name",
-           "apply_overrides", "parse_value", "config_hash", "with_overrides", "describe", "replace", "METHODS", "DATASETS"]
+           "apply_overrides", "parse_value", "config_hash", "with_overrides", "describe", "replace", "METHODS", "DATASETS",
+           "BATCH_SCOPES", "LR_SCALES", "rank_batch_size", "scaled_lr"]

@@ -451,24 +451,24 @@ def make_loaders(train: Dataset, val: Dataset, num_workers: int, batch_size: int
                  with_index: bool = False) -> tuple[DataLoader, DataLoader]:
     """Loaders over built datasets (each phase of a run gets fresh ones, seeded alike).
 
-    Under `distributed`, the train loader uses a DistributedSampler: call
-    `loader.sampler.set_epoch(epoch)` each epoch. Otherwise the shuffle (and the workers' seeds)
-    draw from `loader.generator`, whose state a checkpoint can save for an exact resume. Workers
-    are not persistent: a persistent worker keeps the seed drawn when the process started, so a
-    resumed run would augment differently.
+    The train loader's order is the same for every world size: a DistributedSampler (world 1
+    when not `distributed`) shuffles all samples by `seed + epoch`, and rank r of W takes every
+    W-th of them, so the ranks' batch k together are exactly the 1-process batch k of W times the
+    size (docs/distributed.md). Call `loader.sampler.set_epoch(epoch)` each epoch. The workers'
+    seeds draw from `loader.generator` (seeded `seed + rank`), whose state a checkpoint saves for
+    an exact resume. Workers are not persistent: a persistent worker keeps the seed drawn when the
+    process started, so a resumed run would augment differently.
     """
     if with_index:
         train = Indexed(train)
-    world = torch.distributed.get_world_size() if distributed else 1
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     common = dict(batch_size=batch_size, num_workers=num_workers, pin_memory=device_type == "cuda")
     drop_last = len(train) >= batch_size * world  # never an empty epoch on a tiny subset
-    if distributed:
-        sampler = DistributedSampler(train, shuffle=True, seed=seed, drop_last=drop_last)
-        return (DataLoader(train, sampler=sampler, drop_last=drop_last, **common),
-                DataLoader(val, sampler=_shard(len(val)), **common))
-    gen = torch.Generator().manual_seed(seed)
-    return (DataLoader(train, shuffle=True, generator=gen, drop_last=drop_last, **common),
-            DataLoader(val, shuffle=False, **common))
+    sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+    gen = torch.Generator().manual_seed(seed + rank)
+    val_sampler = _shard(len(val)) if distributed else None
+    return (DataLoader(train, sampler=sampler, generator=gen, drop_last=drop_last, **common),
+            DataLoader(val, sampler=val_sampler, shuffle=False, **common))
 
 
 def build_mixup(aug: AugConfig, num_classes: int) -> Mixup | None:

@@ -100,6 +100,7 @@ def _runtime(cfg: C.RunConfig) -> Any:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
     device = _device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
+    _check_scale_out(cfg, max(world, 1), device)
     if tc.threads > 0:
         torch.set_num_threads(tc.threads)
     if tc.deterministic:
@@ -115,6 +116,18 @@ def _runtime(cfg: C.RunConfig) -> Any:
     cl = tc.channels_last == "on" or (tc.channels_last == "auto" and device.type == "cuda")
     return Runtime(device=device, amp_dtype=dtype, scaler=amp == "fp16", channels_last=cl,
                    distributed=distributed, rank=rank, world_size=max(world, 1))
+
+
+def _check_scale_out(cfg: C.RunConfig, world: int, device: Any) -> None:
+    """Before any work: the global batch divides over the ranks; SyncBatchNorm has what it needs."""
+    C.rank_batch_size(cfg.train, world)
+    if cfg.teacher.train is not None:
+        C.rank_batch_size(C.teacher_train_config(cfg), world)
+    if cfg.train.sync_bn and world > 1 and device.type != "cuda":
+        from .errors import ConfigError
+        raise ConfigError("`train.sync_bn = true` needs CUDA (torch's SyncBatchNorm runs on GPUs only), but this "
+                          f"run is on {device.type}", "set train.sync_bn = false (each rank then keeps its own "
+                          "BatchNorm batch statistics)")
 
 
 def _device(spec: str, local_rank: int) -> Any:
@@ -247,6 +260,7 @@ class Run:
     def _loaders(self, batch_size: int, with_index: bool = False) -> tuple[Any, Any, Any]:
         """Fresh, freshly seeded loaders for a phase (batches carry sample indices when `with_index`)."""
         from .data import make_loaders
+        batch_size = C.rank_batch_size(C.replace(self.cfg.train, batch_size=batch_size), self.rt.world_size)
         train, val = make_loaders(self.prep.train_set, self.prep.val_set, self.cfg.data.num_workers, batch_size,
                                   self.cfg.seed, self.rt.distributed, self.rt.device.type, with_index)
         return train, val, self.prep.mixup

@@ -101,10 +101,13 @@ class NonFiniteLoss(Exception):
         self.step, self.term = step, term
 
 
-def build_optimizer(module: nn.Module, tc: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(module: nn.Module, tc: TrainConfig, world_size: int = 1) -> torch.optim.Optimizer:
+    """timm's optimizer over the trained parameters; `lr` scaled to the global batch by `lr_scale`."""
     from timm.optim import create_optimizer_v2
+    from .config import scaled_lr
     kw = {"momentum": tc.momentum} if tc.optimizer.lower() in ("sgd", "momentum", "nesterov") else {}
-    return create_optimizer_v2(module, opt=tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay, **kw)
+    return create_optimizer_v2(module, opt=tc.optimizer, lr=scaled_lr(tc, world_size), weight_decay=tc.weight_decay,
+                               **kw)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int) -> Any:
@@ -152,12 +155,12 @@ def evaluate(module: nn.Module, loader: Any, rt: Runtime, with_teacher: bool) ->
             if "teacher" in logits:
                 sums[3] += accuracy_counts(logits["teacher"], y)[0]
         sums[4] += y.shape[0]
-    if rt.distributed:
+    if rt.distributed:  # each rank scored its own images (data.py shards them without padding): sum the counts
         torch.distributed.all_reduce(sums)
     module.train(was)
     s = (sums[:4] / sums[4].clamp(min=1) * 100).tolist()
     return {"top1": s[0], "top5": s[1], "fused_top1": s[2] if has_fused else None,
-            "teacher_top1": s[3] if with_teacher else None}
+            "teacher_top1": s[3] if with_teacher else None, "count": int(sums[4])}
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,7 +193,12 @@ class Loop:
         if rt.channels_last:
             self.module.to(memory_format=torch.channels_last)
         self.steps_per_epoch = self._steps_per_epoch()
-        self.optimizer = build_optimizer(self.module, tc)
+        if rt.distributed:
+            from . import ddp
+            ddp.replicate_frozen(self.module)
+            if tc.sync_bn:
+                ddp.convert_sync_bn(self.module)
+        self.optimizer = build_optimizer(self.module, tc, rt.world_size)
         self.scheduler = build_scheduler(self.optimizer, tc, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(rt.device.type) if rt.scaler else None
         self.ema = None
@@ -211,15 +219,15 @@ class Loop:
 
     def _wrap(self, module: nn.Module) -> nn.Module:
         if self.rt.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-            ids = [self.rt.device.index] if self.rt.device.type == "cuda" else None
-            module = DDP(module, device_ids=ids)
+            from . import ddp
+            module = ddp.wrap(module, self.rt.device)
         if self.phase.tc.compile:
             module = torch.compile(module)
         return module
 
     # --- state for checkpoints --------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """The phase's state; under torchrun called on rank 0 only, after `_save` gathered the ranks' RNG."""
         return {
             "phase": self.phase.name, "state": asdict(self.state), "module": self._trainable_state(),
             "optimizer": self.optimizer.state_dict(),
@@ -227,6 +235,7 @@ class Loop:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(self._gen), "epoch_gen": self._epoch_gen_state,
+            "rank_rng": getattr(self, "_rank_rng", None), "world_size": self.rt.world_size,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -249,6 +258,9 @@ class Loop:
         self.state = TrainState(**ckpt["state"])
         self._resume_rng = ckpt.get("rng")
         self._epoch_gen_state = ckpt.get("epoch_gen")
+        if self.rt.distributed or ckpt.get("rank_rng"):
+            from . import ddp
+            self._resume_rng, self._epoch_gen_state = ddp.rank_rng(ckpt, self.rt.rank, self.state.step)
 
     def _start_epoch_rng(self) -> None:
         """Before iterating: on resume, put the shuffle generator where the interrupted epoch had it."""
@@ -361,6 +373,10 @@ class Loop:
         if signals:
             stacked = torch.cat([stacked, torch.stack([v.detach().float().reshape(()) for v in signals.values()])
                                  .to(stacked.device)])
+        if self.rt.distributed:  # the global batch's loss: the mean of the ranks' (equal-sized) batches
+            stacked = stacked.clone()
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.rt.world_size
         values = stacked.tolist()
         n = len(names) + 1
         signal_values = {k: round(v, 6) for k, v in zip(signals, values[n:])}
@@ -395,6 +411,9 @@ class Loop:
 
     def _save(self, best: bool) -> str:
         self._raise_if_nonfinite(before_save=True)
+        if self.rt.distributed:  # every rank's random streams, so that each rank resumes its own
+            from . import ddp
+            self._rank_rng = ddp.gather_rng(self._gen, self._epoch_gen_state)
         return self.save(self, best)
 
     def end_of_epoch(self, epoch: int) -> None:

@@ -6,7 +6,11 @@ A subclass says three things:
 
 * `term_weights()`: every loss term it can log, by name, with its weight from the config;
 * `compute(x, target, index)`: runs the models once and returns each term as a lazy value;
-* `trains`: the submodules whose parameters the optimiser updates (checked when it is built).
+* `trains`: the submodules whose parameters the optimiser updates (checked when it is built);
+  under torchrun DDP reduces exactly these (ddp.py), never the teacher.
+
+A term over the batch's relations (not a mean of per-sample values) gathers its rows with
+`ddp.gather_batch`, so N ranks compute the 1-process loss of the global batch (docs/distributed.md).
 
 `forward` weighs and sums the terms whose weight is > 0 (a zero weight removes the term: it is
 neither computed nor logged) and returns `(total, logged)`, the terms unweighted and detached.
@@ -60,6 +64,7 @@ class Method(nn.Module):
     needs_index: ClassVar[bool] = False  # batches must carry each sample's dataset index
     trains: ClassVar[tuple[str, ...]] = ("student",)  # submodules holding the trained parameters
     meta_step: ClassVar[bool] = True  # preflight can run a step on the meta device (no data-dependent branches)
+    rank_synced: ClassVar[tuple[str, ...]] = ()  # buffers the method keeps equal on every rank itself (DDP skips them)
 
     def __init__(self, setup: Setup) -> None:
         super().__init__()

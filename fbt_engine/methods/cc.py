@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..baseline_losses import CC as CCLoss
 from ..config import LossConfig
+from ..ddp import gather_batch
 from . import register
 from ._base import Method, Setup, Thunk, logits_and_prelogits, prelogits_width
 
@@ -33,4 +34,4 @@ class CC(Method):
         with torch.no_grad():
             _, t_feat = logits_and_prelogits(self.teacher, x)
         logits, feat = logits_and_prelogits(self.student, x)
-        return {"ce": lambda: self.ce(logits, target), "cc": lambda: self.cc(feat, t_feat)}
+        return {"ce": lambda: self.ce(logits, target), "cc": lambda: self.cc(gather_batch(feat), gather_batch(t_feat))}  # consecutive samples of the global batch

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..baseline_losses import dist_terms
 from ..config import LossConfig
+from ..ddp import gather_batch
 from . import register
 from ._base import Method, Thunk, once
 
@@ -26,6 +27,7 @@ class DIST(Method):
     def compute(self, x: Tensor, target: Tensor, index: Tensor | None) -> dict[str, Thunk]:
         t_logits = self.teacher_logits(x)
         logits = self.student(x)
-        both = once(lambda: dist_terms(logits, t_logits, self.loss_cfg.dist_tau))
+        # the intra-class relation runs over the samples: those of the global batch (ranks gather the rows)
+        both = once(lambda: dist_terms(gather_batch(logits), gather_batch(t_logits), self.loss_cfg.dist_tau))
         return {"ce": lambda: self.ce(logits, target), "dist/inter": lambda: both()[0],
                 "dist/intra": lambda: both()[1]}

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..baseline_losses import rkd_terms
 from ..config import LossConfig
+from ..ddp import gather_batch
 from . import register
 from ._base import Method, Thunk, logits_and_prelogits, once
 
@@ -25,6 +26,7 @@ class RKD(Method):
         with torch.no_grad():
             _, t_feat = logits_and_prelogits(self.teacher, x)
         logits, feat = logits_and_prelogits(self.student, x)
-        both = once(lambda: rkd_terms(feat, t_feat))
+        # distances and angles between all the global batch's samples (ranks gather the rows)
+        both = once(lambda: rkd_terms(gather_batch(feat), gather_batch(t_feat)))
         return {"ce": lambda: self.ce(logits, target), "rkd/distance": lambda: both()[0],
                 "rkd/angle": lambda: both()[1]}
