@@ -15,6 +15,7 @@ import typer
 
 from .catalog import KINDS
 from .config import MIXERS, ORDERS
+from . import launch as L
 from .errors import FBTError
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -254,11 +255,28 @@ def run(
     name: Annotated[Optional[str], typer.Option(help="Run name (folder under the runs dir).")] = None,
     runs_dir: Annotated[Optional[str], typer.Option(help="Where run folders go (default: the preset's, runs/).")] = None,
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
+    gpus: L.Gpus = None,
+    nproc_per_node: L.NprocPerNode = None,
+    nodes: L.Nodes = 1,
+    node_rank: L.NodeRank = None,
+    master: L.Master = "",
+    rdzv_endpoint: L.RdzvEndpoint = "",
+    rdzv_id: L.RdzvId = "",
+    rdzv_backend: L.RdzvBackend = "c10d",
 ) -> None:
-    """Train: (teacher if needed, then) distil the student as the preset says."""
+    """Train: (teacher if needed, then) distil the student as the preset says. With --gpus N (or
+    --nproc-per-node N), on N processes per node under torchrun."""
     from . import config as C
     cfg = C.load_preset(preset, set_ or [])
+    launch = L.wanted(gpus, nproc_per_node, nodes, node_rank, master, rdzv_endpoint, rdzv_id, rdzv_backend)
     _quiet_timm()
+    if launch is not None:
+        from .preflight import check
+        from .run import _announce_failure
+        _announce_failure(lambda: check(cfg, source=preset), cfg.name, jsonl)  # once, before any rank starts
+        code = L.execute(launch, L.rank_command("run", preset, set_, name, runs_dir, jsonl), jsonl)
+        _ignore_late_signals()
+        raise typer.Exit(code)
     from .run import start
     code, _ = start(cfg, name=name, runs_dir=runs_dir, jsonl=jsonl, source=preset)
     _ignore_late_signals()
@@ -358,10 +376,24 @@ def compare(
 def resume(
     run_dir: Annotated[str, typer.Argument(help="A run folder, e.g. runs/quickstart.")],
     jsonl: Annotated[bool, typer.Option("--jsonl", help="Also write every event as JSON lines on stdout.")] = False,
+    gpus: L.Gpus = None,
+    nproc_per_node: L.NprocPerNode = None,
+    nodes: L.Nodes = 1,
+    node_rank: L.NodeRank = None,
+    master: L.Master = "",
+    rdzv_endpoint: L.RdzvEndpoint = "",
+    rdzv_id: L.RdzvId = "",
+    rdzv_backend: L.RdzvBackend = "c10d",
 ) -> None:
     """Continue a stopped run from its last checkpoint, in the same folder; or a stopped sweep (its
-    completed runs are kept, stopped ones resumed, the rest started)."""
+    completed runs are kept, stopped ones resumed, the rest started). --gpus N: on N processes."""
+    launch = L.wanted(gpus, nproc_per_node, nodes, node_rank, master, rdzv_endpoint, rdzv_id, rdzv_backend)
     _quiet_timm()
+    if launch is not None:
+        from pathlib import Path
+        code = L.execute(launch, L.rank_command("resume", run_dir, jsonl=jsonl), jsonl, run_dir=Path(run_dir))
+        _ignore_late_signals()
+        raise typer.Exit(code)
     from .sweep import is_sweep
     if is_sweep(run_dir):
         from .sweep import Sweep, execute

@@ -115,6 +115,8 @@ class TrainConfig:
     lr_scale: str = "none"  # none | linear | sqrt: lr x (global batch / lr_base_size), as timm's --lr-base-scale
     lr_base_size: int = 256  # the global batch `lr` is given for when lr_scale is not none (timm's --lr-base-size)
     sync_bn: bool = False  # torchrun on CUDA: SyncBatchNorm in the trained modules (the frozen teacher keeps its own)
+    dist_timeout_s: float = 1800.0  # torchrun: a collective waiting longer for a peer fails (gloo/NCCL timeout)
+    watchdog_s: float = 900.0  # torchrun: no step/eval/checkpoint for this long fails the job (0: off)
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,9 @@ RANGES: tuple[tuple[str, float | None, float | None, bool, bool, str], ...] = (
     ("train.lr_base_size", 1, None, True, True, "it is the global batch `train.lr` is given for, e.g. 256"),
     ("train.threads", 0, 1024, True, True, "0 keeps torch's default; 1 is fastest on a busy shared CPU"),
     ("train.max_steps_per_epoch", 0, None, True, True, "0 runs full epochs"),
+    ("train.dist_timeout_s", 0, None, False, True, "it bounds a collective's wait for a lost rank, e.g. 1800"),
+    ("train.watchdog_s", 0, None, True, True, "0 turns the hang watchdog off; it must exceed the longest "
+                                              "evaluation or checkpoint write"),
     ("aug.scale_min", 0, 1, False, True, "it is the smallest crop share; 1.0 turns random crops off"),
     ("aug.hflip", 0, 1, True, True, "it is a probability, e.g. 0.5"),
     ("aug.random_erasing", 0, 1, True, True, "it is a probability, e.g. 0.25"),

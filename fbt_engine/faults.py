@@ -7,6 +7,10 @@
     enospc   raise OSError(ENOSPC) (the disk filled up during a write)
     oom      raise torch.OutOfMemoryError (CUDA ran out of memory)
     error    raise RuntimeError (a bug)
+    hang     sleep forever (a deadlock, a stuck collective: the watchdog's case, see ranks.py)
+
+`FBT_FAULT_RANK=R` limits the plan to the process whose torchrun `RANK` is R (one rank of a job
+fails while the others go on).
 
 Points (see docs/reliability.md): `run.folder` (run folder made, before data), `teacher.step`,
 `distill.step` (after each optimiser step), `phase.distill` (after the distill `phase` event),
@@ -35,7 +39,8 @@ def _parse(spec: str) -> dict[str, tuple[int, str]]:
     return plan
 
 
-_PLAN.update(_parse(os.environ.get("FBT_FAULT", "")))
+if os.environ.get("FBT_FAULT_RANK", os.environ.get("RANK", "0")) == os.environ.get("RANK", "0"):
+    _PLAN.update(_parse(os.environ.get("FBT_FAULT", "")))
 
 
 def point(name: str) -> None:
@@ -48,6 +53,10 @@ def point(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "hang":
+        import time
+        while True:
+            time.sleep(3600)
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     if action == "oom":

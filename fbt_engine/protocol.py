@@ -133,6 +133,8 @@ class Step(EventBody):
     eta_s: float | None = doc("seconds left in the phase", None)
     signals: dict[str, float] = doc("cheap health signals of the step (docs/health.md): `grad_norm` (before "
                                     "clipping); fbt adds `fused_spread` and `tau/<path>`", factory=dict)
+    rank_samples_per_s: list[float] = doc("under torchrun: each rank's own throughput, by rank (empty with one "
+                                          "process)", factory=list)
 
 
 @_event
@@ -188,6 +190,8 @@ class Failed(EventBody):
     hint: str = doc("what to do instead", "")
     step: int | None = doc("the step it failed at (when known)", None)
     term: str | None = doc("`nan_loss`: the loss term, or `weights`", None)
+    rank: int | None = doc("under torchrun: the rank that failed (null when it is not known, and without "
+                           "torchrun)", None)
 
 
 @_event
@@ -231,6 +235,9 @@ FAILED_KINDS: dict[str, tuple[int, str]] = {
     "oom": (1, "out of GPU memory"),
     "data_worker": (1, "a data-loading worker died"),
     "crash": (1, "a bug: the traceback is in log.txt"),
+    "rank_failed": (1, "under torchrun: another rank raised an error (`rank`, its message)"),
+    "rank_lost": (1, "under torchrun: another rank ended without a word (SIGKILL, the OOM killer)"),
+    "hang": (1, "under torchrun: no progress for `train.watchdog_s` seconds (`rank`: the stuck one, if known)"),
     "aborted": (130, "a second Ctrl-C"),
 }
 

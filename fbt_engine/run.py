@@ -14,6 +14,7 @@
                                    preprocessing); timm.create_model("local-dir:<folder>", pretrained=True)
     runs/<name>/export/onnx/       written by `fbt-engine export --format onnx` (see export.py)
     runs/<name>/.lock              held by the process writing the folder
+    runs/<name>/ranks/             under torchrun: each rank's notes (pid, failure, hang; see ranks.py)
 
 Order of work (fail before work starts): validate the config -> preflight (models on the meta
 device, optimiser, augmentation, device, files) -> data set-up -> only then the run folder.
@@ -37,6 +38,7 @@ from . import config as C
 from . import faults
 from .errors import FBTError, TrainingError
 from .events import Emitter
+from .ranks import RankBoard, RankEmitter, Watchdog, is_peer_error
 
 
 @dataclass
@@ -97,7 +99,9 @@ def _runtime(cfg: C.RunConfig) -> Any:
     if distributed:
         import torch.distributed as dist
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            from datetime import timedelta  # a collective waiting longer than this for a lost peer fails
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                    timeout=timedelta(seconds=tc.dist_timeout_s))
         rank, world = dist.get_rank(), dist.get_world_size()
     device = _device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
     _check_scale_out(cfg, max(world, 1), device)
@@ -173,8 +177,24 @@ class Run:
         self.health = build_monitor(cfg.health, lambda warning: self.emitter.send(warning)) if is_main else None
         listeners = [self.reporter.on_event, *([self.loggers] if self.loggers else []),
                      *([self.health] if self.health else [])]
-        self.emitter = Emitter(cfg.name, run_dir / "events.jsonl", sys.stdout if jsonl else None, enabled=is_main,
-                               listeners=listeners, t_offset=(resume or {}).get("elapsed", 0.0))
+        self.board = self._rank_board() if self.rt.distributed else None
+        emitter_cls, extra = (Emitter, {}) if self.board is None else (RankEmitter, {"board": self.board,
+                                                                                    "device": self.rt.device})
+        self.emitter = emitter_cls(cfg.name, run_dir / "events.jsonl", sys.stdout if jsonl else None, enabled=is_main,
+                                   listeners=listeners, t_offset=(resume or {}).get("elapsed", 0.0), **extra)
+        self.watchdog = None
+        if self.board is not None and cfg.train.watchdog_s > 0:
+            self.watchdog = Watchdog(cfg.train.watchdog_s, self.board, self.emitter.emit, self.log, self._resume_hint)
+            self.emitter.on_any = self.watchdog.tick
+        if is_main and os.environ.get("FBT_LAUNCH_RUN_FILE"):  # launch.py: where rank 0's folder is
+            Path(os.environ["FBT_LAUNCH_RUN_FILE"]).write_text(str(run_dir))
+
+    def _rank_board(self) -> RankBoard:
+        """This attempt's notes folder (rank 0 names it; see ranks.py)."""
+        import torch.distributed as dist
+        box = [f"{int(time.time())}-{os.getpid()}" if self.rt.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        return RankBoard.start(self.dir, self.rt.rank, self.rt.world_size, box[0])
 
     def _hangup(self) -> None:
         self.reporter.detach()
@@ -182,6 +202,8 @@ class Run:
         self.reporter.note("terminal closed (SIGHUP): training goes on; follow runs/<name>/log.txt")
 
     def _stop_requested(self, loop: Any) -> bool:
+        if self.watchdog is not None:
+            self.watchdog.tick()  # a step finished on this rank
         flag = self.stop.requested or (self.stop_when is not None and self.stop_when(loop))
         return bool(self._agree(float(flag), "max"))  # every rank must stop at the same step
 
@@ -199,6 +221,8 @@ class Run:
     def execute(self) -> int:
         """Run to the end; returns the process exit code (0 done/stopped, 1 failed, 2 user error)."""
         self.stop.install()
+        if self.watchdog is not None:
+            self.watchdog.start()
         try:
             return self._execute()
         except FBTError as exc:
@@ -210,6 +234,8 @@ class Run:
         except Exception as exc:  # noqa: BLE001 - classify known runtime faults; anything else is a bug
             return self._runtime_fault(exc)
         finally:
+            if self.watchdog is not None:
+                self.watchdog.stop()
             self.stop.uninstall()
             self.reporter.close()
             self.emitter.close()
@@ -227,6 +253,8 @@ class Run:
     def _runtime_fault(self, exc: Exception) -> int:
         import torch
         from .trainer import NonFiniteLoss
+        if self.board is not None and self._peer_fault(exc):
+            return 1
         if isinstance(exc, NonFiniteLoss):
             self.emitter.emit("failed", kind="nan_loss", message=str(exc), step=exc.step, term=exc.term,
                               hint="lower the learning rate, enable train.grad_clip, or turn off fp16; nothing "
@@ -249,6 +277,19 @@ class Run:
                 pass
         self.emitter.emit("failed", kind="crash", message=f"{type(exc).__name__}: {exc}", hint="see log.txt")
         raise exc
+
+    def _peer_fault(self, exc: Exception) -> bool:
+        """Under torchrun: a collective broke because another rank died, raised or hung. The `failed`
+        event names that rank (RankEmitter); this rank's own error is only the symptom."""
+        if self.watchdog is not None and self.watchdog.fired.is_set():
+            while True:  # the watchdog reports the hang and ends the process
+                time.sleep(1)
+        if not is_peer_error(exc):
+            return False
+        self.emitter.peer_error = True
+        self.emitter.emit("failed", kind="crash", message=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
+                          hint=self._resume_hint())
+        return True
 
     def _execute(self) -> int:
         faults.point("run.folder")
