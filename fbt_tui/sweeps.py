@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,8 @@ def summarize_sweep(folder: Path, alive: Collection[Path] = ()) -> SweepSummary:
     statuses: list[str] = []
     for cell in sweep.cells:
         run = summarize(folder / cell.name) if (folder / cell.name).is_dir() else None
+        if run is not None and run.status == "crashed" and not run.events_path.is_file():
+            run = replace(run, status="starting")  # folder made, no event yet (a failed start leaves no folder)
         statuses.append(run.status if run is not None else "pending")
         if run is not None:
             cells.append(_cell(run, folder.name))
@@ -130,7 +132,6 @@ def summarize_sweep(folder: Path, alive: Collection[Path] = ()) -> SweepSummary:
 
 
 def _cell(run: RunSummary, sweep: str) -> RunSummary:
-    from dataclasses import replace
     return replace(run, sweep=sweep)
 
 

@@ -87,6 +87,9 @@ def test_scan_groups_cells_under_their_sweep(sweeps: Path) -> None:
     assert live.pair == "swin_tiny_patch4_window7_224 -> resnet18"
     assert (rows[1].status, rows[1].progress) == ("stopped", "1/6 completed")
     assert [r.name for r in scan_runs(sweeps)] == ["a-scratch"]  # a sweep folder is no run of its own
+    (sweeps / "quick-compare" / "fbt_s1").mkdir()  # the engine made the cell's folder, no event yet
+    (sweeps / "quick-compare" / "fbt_s1" / "config.toml").write_text('name = "fbt_s1"\n')
+    assert [c.status for c in summarize_sweep(sweeps / "quick-compare").cells][-1] == "starting"
 
 
 def test_launch_detaches_the_sweep(tmp_path: Path) -> None:
