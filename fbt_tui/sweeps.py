@@ -192,6 +192,34 @@ def delete_sweep(folder: Path) -> None:
             lock.release()
 
 
+def sweep_pid(sweep: SweepSummary) -> int | None:
+    """The pid of the process driving a running sweep launched elsewhere (a shell, another TUI): the
+    parent of a running cell, if that parent is an fbt-engine sweep. Linux only (/proc); None when
+    it cannot be told, so nothing else is ever signalled."""
+    for cell in sweep.running_cells:
+        parent = _parent_pid(cell.pid)
+        if parent is not None and _is_sweep_process(parent):
+            return parent
+    return None
+
+
+def _parent_pid(pid: int | None) -> int | None:
+    try:
+        stat = Path(f"/proc/{int(pid or 0)}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_sweep_process(pid: int) -> bool:
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+    except OSError:
+        return False
+    engine = any("fbt-engine" in w or "fbt_engine" in w for w in words)
+    return engine and any(w in ("sweep", "compare", "resume") for w in words)
+
+
 def launch(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
     """Start a sweep process detached from the TUI: its own session (Ctrl+C in this terminal and
     the TUI quitting do not reach it), output into `log_path` rather than a pipe that closes with

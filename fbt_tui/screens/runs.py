@@ -9,6 +9,8 @@ worker and answers with RunsScanned; while something runs, the screen rescans ev
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from ..messages import OpenRun, RunsScanned
 from ..run_state import replay
 from ..runs import (RunBusy, RunSummary, check_new_name, compare_rows, delete_run, editor_command, format_date,
                     format_duration, opener_command, rename_run, scan_all, warning_badge)
-from ..sweeps import SweepSummary, delete_sweep, results_table
+from ..sweeps import SweepSummary, delete_sweep, results_table, sweep_pid
 from ..widgets.charts import Chart, Series
 from ..widgets.modals import ChoiceModal
 from .base import FbtScreen
@@ -149,10 +151,12 @@ class RunsScreen(FbtScreen):
                 ("a", "attach", "Attach"), ("r", "rename", "Rename"), ("d", "delete", "Delete"),
                 Binding("f", "folder", "Folder", show=False), Binding("v", "log", "Log", show=False),
                 Binding("p", "config", "Config", show=False), Binding("g", "rescan", "Refresh", show=False),
-                Binding("s", "app.sweep_methods", "Sweep methods", show=False)]
+                Binding("s", "app.sweep_methods", "Sweep methods", show=False),
+                Binding("x", "stop_sweep", "Stop sweep", show=False)]
     HELP = (("enter (sweep row)", "the sweep's table (mean ± std per grid point) and its cells' accuracy curves"),
             ("space (sweep row)", "select or unselect all of the sweep's cells"),
-            ("u / a / d (sweep row)", "resume the sweep in the background / watch its running cell / delete it"))
+            ("u / a / d (sweep row)", "resume the sweep in the background / watch its running cell / delete it"),
+            ("x (sweep row)", "stop the sweep: its running cells checkpoint and stop, no new cell starts"))
     DEFAULT_CSS = """
     RunsScreen #compare { height: 1fr; }
     RunsScreen #sweep-table { height: auto; max-height: 11; border-top: solid $primary; }
@@ -315,6 +319,35 @@ class RunsScreen(FbtScreen):
         launch = getattr(self.app, "launch_sweep", None)
         if launch is not None and launch(sweep.path, ["resume", str(sweep.path)]):
             self.action_rescan()
+
+    def action_stop_sweep(self) -> None:
+        """SIGINT to the sweep process, which forwards it to its running cells (each checkpoints and
+        stops) and starts no new cell; `u` continues it later."""
+        sweep = self.current()
+        if not isinstance(sweep, SweepSummary):
+            self.notify("x stops a sweep (highlight its row); a run stops on the run screen (enter, then x)",
+                        severity="warning", timeout=4)
+            return
+        if sweep.status != "running":
+            self.notify(f"sweep {sweep.name} is not running ({sweep.status})", severity="warning", timeout=3,
+                        markup=False)
+            return
+        proc = getattr(self.app, "sweep_procs", {}).get(sweep.path)
+        try:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)  # launched here, in its own session: only the sweep
+            elif (pid := sweep_pid(sweep)) is not None:
+                os.kill(pid, signal.SIGINT)
+            else:
+                self.notify(f"cannot tell which process drives sweep {sweep.name}: stop it where it was started "
+                            "(ctrl+c), or stop its running cells (enter, then x)", severity="warning", timeout=6,
+                            markup=False)
+                return
+        except ProcessLookupError:
+            self.action_rescan()
+            return
+        self.notify(f"asked sweep {sweep.name} to stop: its running cells checkpoint and stop (u resumes it)",
+                    timeout=4, markup=False)
 
     def action_attach(self) -> None:
         run = self.current()

@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Input, SelectionList
 
 from fbt_engine import config as C
 from fbt_tui.runs import scan_all, scan_runs
-from fbt_tui.sweeps import SweepSummary, launch, results_table, summarize_sweep, sweep_status
+from fbt_tui.sweeps import SweepSummary, launch, results_table, summarize_sweep, sweep_pid, sweep_status
 from fbt_tui.widgets.charts import Chart
 from fbt_tui.widgets.modals import ChoiceModal, SweepModal
 from tui_helpers import QUICK_PRESET, SIZE, make_app, runs_screen, wait_for, write_run
@@ -85,6 +85,7 @@ def test_scan_groups_cells_under_their_sweep(sweeps: Path) -> None:
     assert isinstance(live, SweepSummary) and (live.status, live.progress, live.grid) == \
         ("running", "3/6 completed", "method x 2 seeds")
     assert live.pair == "swin_tiny_patch4_window7_224 -> resnet18"
+    assert sweep_pid(live) is None  # fbt_s0's parent (pytest's) is no fbt-engine sweep: never signalled
     assert (rows[1].status, rows[1].progress) == ("stopped", "1/6 completed")
     assert [r.name for r in scan_runs(sweeps)] == ["a-scratch"]  # a sweep folder is no run of its own
     (sweeps / "quick-compare" / "fbt_s1").mkdir()  # the engine made the cell's folder, no event yet
@@ -94,8 +95,8 @@ def test_scan_groups_cells_under_their_sweep(sweeps: Path) -> None:
 
 def test_launch_detaches_the_sweep(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "s.log"
-    proc = launch([sys.executable, "-c", "import os, sys; print('own session', os.getsid(0) == os.getpid(), "
-                   "file=sys.stderr)"], log)
+    code = "import os, sys; print('own session', os.getsid(0) == os.getpid(), file=sys.stderr)"
+    proc = launch([sys.executable, "-c", code], log)
     assert proc.wait(timeout=30) == 0
     assert "own session True" in log.read_text()  # it survives the TUI, and Ctrl+C never reaches it
 
@@ -225,6 +226,26 @@ async def test_attach_on_a_sweep_watches_its_running_cell(fake_engine, sweeps) -
         await pilot.press("a")
         await wait_for(pilot, lambda: app.current_mode == "run", what="run screen")
         assert Path(app.session.state.run_dir).resolve() == (sweeps / "quick-compare" / "fbt_s0").resolve()
+
+
+@pytest.mark.asyncio
+async def test_stop_a_sweep_launched_here(fake_engine, sweeps, monkeypatch) -> None:
+    monkeypatch.setenv("FBT_FAKE_DELAY", "0.1")
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_screen(pilot)
+        await goto(pilot, screen, "quick-compare")
+        await pilot.press("x")  # running, but its driver is unknown (fbt_s0 claims this test process): refused
+        assert "quick-compare" in [r.key for r in screen.runs]
+        await goto(pilot, screen, "old-compare")
+        await pilot.press("u")
+        proc = app.sweep_procs[Path("runs/old-compare")]
+        await wait_for(pilot, lambda: row_of(screen, "old-compare")[3].startswith("running")
+                       and bool(screen.current().running_cells), what="a running cell")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: proc.poll() is not None, what="the sweep to stop")
+        assert proc.returncode == 130  # stopped, resumable
+        await wait_for(pilot, lambda: row_of(screen, "old-compare")[3].startswith("stopped"), what="rescan")
 
 
 # --- launching a sweep of methods --------------------------------------------------------------
