@@ -390,8 +390,7 @@ def resume(
     launch = L.wanted(gpus, nproc_per_node, nodes, node_rank, master, rdzv_endpoint, rdzv_id, rdzv_backend)
     _quiet_timm()
     if launch is not None:
-        from pathlib import Path
-        code = L.execute(launch, L.rank_command("resume", run_dir, jsonl=jsonl), jsonl, run_dir=Path(run_dir))
+        code = L.execute(launch, L.rank_command("resume", run_dir, jsonl=jsonl), jsonl, run_dir=L.run_folder(run_dir))
         _ignore_late_signals()
         raise typer.Exit(code)
     from .sweep import is_sweep

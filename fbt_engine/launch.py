@@ -115,6 +115,18 @@ def check_gpus(wanted_gpus: int, visible: int) -> None:
                        f"to try several processes on the CPU (gloo), use --nproc-per-node {wanted_gpus}")
 
 
+def run_folder(path: str) -> Path:
+    """The run folder `resume --gpus` continues, checked before any rank starts."""
+    from .sweep import is_sweep
+    if is_sweep(path):
+        raise FBTError(f"{path!r} is a sweep: its runs resume one process each",
+                       f"fbt-engine resume {path} (without --gpus/--nproc-per-node)")
+    if not (Path(path) / "config.toml").is_file():
+        raise FBTError(f"{path!r} is not a run folder (it has no config.toml)",
+                       "give a folder under runs/, e.g. runs/quickstart")
+    return Path(path)
+
+
 def torchrun_argv(launch: Launch, command: list[str]) -> list[str]:
     """The torchrun command line for `command` (the `fbt_engine.cli` arguments of one rank)."""
     argv = [sys.executable, "-m", "torch.distributed.run"]

@@ -32,8 +32,8 @@ from typing import Any, Callable
 from .events import Emitter
 
 # Substrings of the errors a rank sees when a peer is gone or late (gloo, NCCL, the store).
-_PEER_ERRORS = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout", "nccl",
-                "gloo", "socket", "closed by peer")
+_PEER_ERRORS = ("connection closed by peer", "connection reset by peer", "broken pipe", "gloo", "nccl",
+                "timed out waiting", "c10d")
 
 
 def is_peer_error(exc: BaseException) -> bool:
@@ -113,27 +113,27 @@ class RankBoard:
         notes and exits to show up (the failing rank writes just before it exits)."""
         end = time.monotonic() + wait_s
         while True:
-            found = self._culprit_now(skip, final=time.monotonic() >= end)
+            found = self._culprit_now(skip)
             if found is not None or time.monotonic() >= end:
                 return found
             time.sleep(0.1)
 
-    def _culprit_now(self, skip: tuple[int, ...], final: bool) -> tuple[int, str, str] | None:
+    def _culprit_now(self, skip: tuple[int, ...]) -> tuple[int, str, str] | None:
         failed = self.read("failed")
         own = [n for r, n in sorted(failed.items(), key=lambda kv: kv[1].get("t", 0)) if r not in skip
                and not n.get("peer_error")]
         if own:
             return own[0]["rank"], own[0].get("kind", "crash"), own[0].get("message", "")
+        for r, note in sorted(self.read("hang").items()):
+            if r not in skip and not note.get("waiting"):
+                return r, "hang", (f"rank {r} made no progress for {note.get('idle_s')} s (stuck at "
+                                   f"{note.get('where')}); its watchdog ended it")
         for r, note in sorted(self.read("").items()):
             if r in skip or r in failed or note.get("host") != self.host:
                 continue
             if not _alive(int(note.get("pid", 0))):
                 return r, "rank_lost", (f"rank {r} (pid {note.get('pid')}) ended without reporting an error: it was "
                                         "killed (SIGKILL, the OOM killer) or crashed hard")
-        if final and failed:
-            r, n = sorted(failed.items(), key=lambda kv: kv[1].get("t", 0))[0]
-            if r not in skip:
-                return r, n.get("kind", "crash"), n.get("message", "")
         return None
 
 
@@ -184,8 +184,14 @@ class RankEmitter(Emitter):
                     "message": f"another rank failed or stopped answering: {data.get('message', '')}",
                     "hint": "see the launcher's output (every rank's stderr); " + data.get("hint", "")}
         r, kind, message = found
-        text = message if kind == "rank_lost" else f"rank {r} failed ({kind}): {message}"
-        return {**data, "kind": "rank_failed" if kind != "rank_lost" else "rank_lost", "rank": r, "message": text,
+        if kind == "hang":
+            return {**data, "kind": kind, "rank": r, "message": message,
+                    "hint": f"its stack is in {self.board.folder}/rank-{r}.hang.json; {data.get('hint', '')}"}
+        if kind == "rank_lost":
+            return {**data, "kind": kind, "rank": r, "message": message,
+                    "hint": f"look for the OOM killer (`dmesg`, the job's memory limit) or who sent the signal; "
+                            f"the other ranks stopped with it. {data.get('hint', '')}".strip()}
+        return {**data, "kind": "rank_failed", "rank": r, "message": f"rank {r} failed ({kind}): {message}",
                 "hint": f"rank {r}'s traceback is in the launcher's output (its stderr); the other ranks stopped "
                         f"with it. {data.get('hint', '')}".strip()}
 

@@ -287,6 +287,11 @@ class Run:
         if not is_peer_error(exc):
             return False
         self.emitter.peer_error = True
+        if self.log is not None:  # this rank's own view, for the record
+            try:
+                self.log.write(f"rank {self.rt.rank}: a collective broke: {type(exc).__name__}: {exc}\n")
+            except (OSError, ValueError):
+                pass
         self.emitter.emit("failed", kind="crash", message=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                           hint=self._resume_hint())
         return True

@@ -270,6 +270,7 @@ class FbtApp(App[None]):
     # --- runs -------------------------------------------------------------------------------------
     def on_start_run(self, message: StartRun) -> None:
         args = ["run", str(message.preset), "--jsonl", "--name", message.name, "--runs-dir", str(self.runs_dir)]
+        args += ["--gpus", str(message.gpus)] if message.gpus > 1 else []  # the engine starts torchrun
         self.start_session(RunState(name=message.name, run_dir=self.runs_dir / message.name), args)
 
     # --- sweeps ----------------------------------------------------------------------------------

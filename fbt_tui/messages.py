@@ -86,12 +86,13 @@ class PresetSaved(Message):
 
 
 class StartRun(Message):
-    """Start `fbt-engine run PRESET` under this run name."""
+    """Start `fbt-engine run PRESET` under this run name (on `gpus` local GPUs when above 1)."""
 
-    def __init__(self, preset: Path, name: str) -> None:
+    def __init__(self, preset: Path, name: str, gpus: int = 1) -> None:
         super().__init__()
         self.preset = preset
         self.name = name
+        self.gpus = gpus
 
 
 class OpenRun(Message):

@@ -179,6 +179,8 @@ class RunState:
     lr: float | None = None
     loss: float | None = None
     samples_per_s: float | None = None
+    rank_samples_per_s: list[float] = field(default_factory=list)  # under torchrun: each rank's img/s
+    world_size: int = 1
     eta_s: float | None = None
     t: float = 0.0
     # term -> (xs, ys); x is the step counted across phases so the teacher phase comes first.
@@ -228,6 +230,7 @@ class RunState:
         self.student = str(ev.get("student") or "")
         self.method = str(ev.get("method") or "")
         self.device = str(ev.get("device") or "")
+        self.world_size = max(1, as_int(ev.get("world_size")) or 1)
         self.pid = as_int(ev.get("pid"))
         self.final, self.error, self.hint = None, "", ""
         if ev.get("resumed") is True:
@@ -252,6 +255,8 @@ class RunState:
         self.steps_per_epoch = as_int(ev.get("steps_per_epoch")) or self.steps_per_epoch
         self.lr, self.loss = as_float(ev.get("lr")), as_float(ev.get("loss"))
         self.samples_per_s, self.eta_s = as_float(ev.get("samples_per_s")), as_float(ev.get("eta_s"))
+        ranks = ev.get("rank_samples_per_s")
+        self.rank_samples_per_s = [v for v in map(as_float, ranks) if v is not None] if isinstance(ranks, list) else []
         self._last_x = self.phase_offset(self.phase) + self.step
         x = float(self._last_x)
         prefix = "teacher " if self.phase == "teacher" else ""

@@ -35,6 +35,7 @@ from ..messages import LoadPreset, PresetEdited, PresetSaved, StartRun
 from ..state import (OPTIONAL_TABLES, AppState, default_of, has_key, lookup, parse_toml_value, preset_keys,
                      preset_text, toml_text)
 from ..widgets.modals import overwrite_modal
+from ..widgets.sysmon import gpu_count
 from .base import FbtScreen, is_text_field
 
 
@@ -157,6 +158,10 @@ class ConfigureScreen(FbtScreen):
             yield Button("Load", id="load", compact=True)
             yield Input(placeholder="save as, e.g. presets/mine.toml", id="save-path", compact=True)
             yield Button("Save", id="save", compact=True)
+            gpus = Select([("1 GPU", 1)], value=1, allow_blank=False, id="gpus", compact=True,
+                          tooltip="GPUs of this machine the run uses (torchrun, one process each)")
+            gpus.display = False  # shown when CUDA shows more than one GPU
+            yield gpus
             yield Button("Start run", id="start", variant="success", compact=True)
         yield Static("", id="config-status")
         with Vertical(id="form"):
@@ -186,6 +191,19 @@ class ConfigureScreen(FbtScreen):
         table.add_column("value", key="value")
         self.watch(self.app, "state", self._state_changed, init=False)
         self._state_changed()
+        self.run_worker(self._count_gpus, thread=True, group="gpus", exit_on_error=False)
+
+    def _count_gpus(self) -> None:
+        count = gpu_count()
+        if count > 1:
+            self.app.call_from_thread(self._offer_gpus, count)
+
+    def _offer_gpus(self, count: int) -> None:
+        """Several local GPUs: a choice of how many the run uses (1 keeps a plain one-process run)."""
+        select = self.query_one("#gpus", Select)
+        select.set_options([(f"{n} GPU{'s' if n > 1 else ''}", n) for n in range(1, count + 1)])
+        select.value = 1
+        select.display = True
 
     @property
     def state(self) -> AppState:
@@ -443,7 +461,8 @@ class ConfigureScreen(FbtScreen):
         except OSError as err:
             self._status(f"could not write {preset}: {err}", error=True)
             return
-        self.post_message(StartRun(preset, name))
+        gpus = self.query_one("#gpus", Select)
+        self.post_message(StartRun(preset, name, int(gpus.value) if gpus.display else 1))
 
 
 def _data_leaves(data: dict[str, Any], prefix: str = "") -> list[str]:

@@ -33,6 +33,14 @@ def fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
 
+def rank_rates(state: RunState) -> str:
+    """` (ranks 0:617 1:555)`: each rank's img/s under torchrun (a slow rank holds the others back)."""
+    rates = state.rank_samples_per_s
+    if len(rates) < 2:
+        return ""
+    return " (ranks " + " ".join(f"{r}:{v:.0f}" for r, v in enumerate(rates)) + ")"
+
+
 def status_text(state: RunState) -> str:
     """The three status lines above the charts (Rich markup; text from the run is escaped)."""
     style = STATUS_STYLE.get(state.status, "bold")
@@ -41,14 +49,15 @@ def status_text(state: RunState) -> str:
     if state.final is not None and format_duration(state.final.get("duration_s")):
         took = f"  took {format_duration(state.final.get('duration_s'))}"
     badge = warning_badge(state.warning_count, latest_signal(state))
+    ranks = f" x{state.world_size} ranks" if state.world_size > 1 else ""
     line1 = (f"[b]{escape(state.name or '?')}[/b]  [{style}]{state.status}[/]{phase}  "
-             f"{escape(state.method)}  {escape(state.device)}{took}" + (f"  {badge}" if badge else ""))
+             f"{escape(state.method)}  {escape(state.device)}{ranks}{took}" + (f"  {badge}" if badge else ""))
     line2 = escape(f"{state.teacher} -> {state.student}" if state.teacher else state.student)
     epochs = f"{state.epoch}/{state.epochs}" if state.epochs else str(state.epoch)
     done, total = state.progress
     eta = format_duration(state.eta_s) if state.status == "running" else ""
     line3 = (f"epoch {epochs}  step {done}/{total or '?'}  ETA {eta or '-'}  "
-             f"img/s {fmt(state.samples_per_s, '.0f')}  lr {fmt(state.lr, '.1e')}  "
+             f"img/s {fmt(state.samples_per_s, '.0f')}{rank_rates(state)}  lr {fmt(state.lr, '.1e')}  "
              f"loss {fmt(state.loss, '.4f')}  best {fmt(state.best_top1, '.2f', '%')}")
     return f"{line1}\n{line2}\n{line3}"
 

@@ -27,6 +27,18 @@ def _nvml() -> Any | None:
         return None
 
 
+def gpu_count() -> int:
+    """Local GPUs a run may use: NVML's count, narrowed by CUDA_VISIBLE_DEVICES when it is set (no
+    torch import; a few milliseconds, so callers ask from a worker)."""
+    import os
+    nvml = _nvml()
+    count = nvml.nvmlDeviceGetCount() if nvml is not None else 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        count = min(count, len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"]))
+    return count
+
+
 def gpu_line(nvml: Any) -> str:
     """`GPU0 87% 10.2/80.0 GiB | GPU1 ...` for every visible device."""
     parts = []

@@ -176,3 +176,33 @@ def test_when_rank_0_is_killed_the_launcher_writes_the_failed_event(tmp_path):
     assert code == 1 and after < 30
     ev = failed(tmp_path / "tiny")
     assert ev["kind"] == "rank_lost" and ev["rank"] == 0 and "launcher" in ev["hint"]
+
+
+def test_readme_launch_examples_build_the_documented_torchrun_commands(monkeypatch, tmp_path):
+    """Every `fbt-engine run/resume ... --gpus/--nproc-per-node` line of the README is accepted and
+    becomes the torchrun command the README says (launched here with torchrun itself stubbed)."""
+    import fbt_engine.preflight as preflight
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = [ln.split("#")[0].split() for ln in readme.splitlines()
+             if ln.startswith("fbt-engine ") and ("--gpus" in ln or "--nproc-per-node" in ln)]
+    assert len(lines) >= 6
+    launched: list[list[str]] = []
+    monkeypatch.setattr(L, "gpu_count", lambda: 8)
+    monkeypatch.setattr(L, "execute", lambda launch, cmd, *a, **k: launched.append(L.torchrun_argv(launch, cmd)) or 0)
+    monkeypatch.setattr(preflight, "check", lambda *a, **k: None)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    monkeypatch.setattr(L, "run_folder", lambda path: Path(path))
+    for words in lines:
+        res = CliRunner().invoke(app, words[1:])
+        assert res.exit_code == 0, (words, res.output)
+    joined = [" ".join(a[1:]) for a in launched]
+    assert joined[0].startswith("-m torch.distributed.run --standalone --nproc-per-node 8 --max-restarts 0 "
+                                "-m fbt_engine.cli run presets/quickstart.toml")
+    assert any("--nnodes 2 --master-addr node0 --master-port 29500 --node-rank 1" in j for j in joined)
+    assert any("--nnodes 2 --rdzv-backend c10d --rdzv-endpoint node0:29400 --rdzv-id job42" in j for j in joined)
+    assert any(j.endswith("-m fbt_engine.cli resume runs/quickstart") for j in joined)
+
+
+def test_resume_with_gpus_needs_a_run_folder(tmp_path):
+    res = CliRunner().invoke(app, ["resume", str(tmp_path), "--nproc-per-node", "2"])
+    assert res.exit_code == 2 and "is not a run folder" in res.output

@@ -250,8 +250,13 @@ def scenario_of(preset: str) -> str:
     return next((s for s in ("fail", "crash", "fast", "slow") if s in stem), "normal")
 
 
+WORLD = 1  # `run --gpus N`: N ranks, each with its own throughput in the step events
+
+
 def step_event(out: Out, step: int, steps: int, epochs: int, delay: float, **extra) -> None:
     loss = 3.0 / (1 + 0.1 * step)
+    if WORLD > 1:  # rank r is a little slower than rank 0, so the ranks' columns differ
+        extra = {"rank_samples_per_s": [round(1234.5 / WORLD * (1 - 0.1 * r), 2) for r in range(WORLD)], **extra}
     out.emit("step", phase="distill", epoch=(step - 1) // steps + 1, step=step, steps_per_epoch=steps,
              lr=1e-3 * (1 - step / (epochs * steps + 1)), loss=round(loss * 1.6, 5),
              terms={"ce": round(loss, 5), "ofa/t->s": round(loss * 0.4, 5), "nce/f->s": round(loss * 0.2, 5)},
@@ -312,7 +317,7 @@ def train(out: Out, cfg: dict, scenario: str, start_epoch: int = 1, resumed: boo
     t0 = time.monotonic()
     out.emit("started", config=cfg, method=cfg.get("method", "fbt"),
              teacher=cfg.get("teacher", {}).get("model", "swin_tiny_patch4_window7_224"),
-             student=cfg.get("student", {}).get("model", "resnet18"), device="cpu", world_size=1,
+             student=cfg.get("student", {}).get("model", "resnet18"), device="cpu", world_size=WORLD,
              params={"fused_total": 24000000}, pid=os.getpid(), resumed=resumed)
     out.emit("phase", phase="distill", epochs=epochs, steps_per_epoch=steps)
     best = (0, 0.0)
@@ -365,7 +370,9 @@ def on_sigint(*_: object) -> None:
 
 
 def run(args: list[str]) -> None:
+    global WORLD
     preset = args[0]
+    WORLD = int(opt(args, "--gpus", "1"))
     cfg = read_preset(preset)
     name = opt(args, "--name", cfg.get("name", Path(preset).stem))
     run_dir = Path(opt(args, "--runs-dir", cfg.get("runs_dir", "runs"))) / name
