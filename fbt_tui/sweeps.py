@@ -12,6 +12,7 @@ imported where used (it is torch-free, but not needed for the first frame).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Collection
@@ -198,7 +199,7 @@ def sweep_pid(sweep: SweepSummary) -> int | None:
     it cannot be told, so nothing else is ever signalled."""
     for cell in sweep.running_cells:
         parent = _parent_pid(cell.pid)
-        if parent is not None and _is_sweep_process(parent):
+        if parent is not None and _is_sweep_process(parent, sweep.path):
             return parent
     return None
 
@@ -211,13 +212,20 @@ def _parent_pid(pid: int | None) -> int | None:
         return None
 
 
-def _is_sweep_process(pid: int) -> bool:
+def _is_sweep_process(pid: int, folder: Path) -> bool:
+    """Whether `pid` runs `fbt-engine sweep|compare ...`, or `fbt-engine resume FOLDER` of this sweep
+    (a cell resumed on its own, e.g. under torchrun, has a `resume CELL` parent: not the sweep)."""
     try:
         words = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return False
-    engine = any("fbt-engine" in w or "fbt_engine" in w for w in words)
-    return engine and any(w in ("sweep", "compare", "resume") for w in words)
+    if not any("fbt-engine" in w or "fbt_engine" in w for w in words):
+        return False
+    if "sweep" in words or "compare" in words:
+        return True
+    i = words.index("resume") if "resume" in words else -1
+    return 0 <= i < len(words) - 1 and (cwd / words[i + 1]).resolve() == folder.resolve()
 
 
 def launch(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
