@@ -294,3 +294,18 @@ async def test_sweep_dialog_refuses_bad_seeds(fake_engine, workdir) -> None:
         assert isinstance(app.screen, SweepModal)
         assert "not comma-separated integers" in str(app.screen.query_one("#sweep-why").render())
         assert not app.sweep_procs
+
+
+@pytest.mark.asyncio
+async def test_palette_lists_sweep_methods_and_stopped_sweeps(fake_engine, sweeps) -> None:
+    from fbt_tui.commands import FbtCommands
+
+    app = make_app(preset="quick.toml")
+    async with app.run_test(size=SIZE) as pilot:
+        provider = FbtCommands(app.screen)
+        await provider.startup()
+        titles = {title: callback for title, callback, _ in provider._actions()}
+        assert "Sweep methods..." in titles
+        assert "Resume sweep old-compare" in titles and "Resume sweep quick-compare" not in titles  # running
+        await titles["Sweep methods..."]()  # app.run_action("sweep_methods"), as the palette runs it
+        await wait_for(pilot, lambda: isinstance(app.screen, SweepModal), what="sweep dialog")
