@@ -9,8 +9,8 @@ See docs/distributed.md. In short:
   A parameter shared by the student and the fused model is one tensor and DDP reduces it once.
   `static_graph=True`: parameters that a zero-weight term leaves without a gradient (OFA's branches
   with `loss.ofa_branch = 0`) are found in the first step and skipped from then on.
-* `replicate_frozen` broadcasts what DDP ignores from rank 0 once, so every rank holds the same
-  teacher whatever it was built from.
+* `replicate` broadcasts every weight and buffer from rank 0 once, before the optimiser and the
+  EMA are built, so every rank holds the same teacher (whatever it was built from) and EMA.
 * `gather_batch` gathers per-sample rows from every rank in the order of the global batch (the
   1-process order: rank r holds samples r, r + W, ... of the global batch, data.py), so a loss
   over the batch's relations (RKD, CC, DIST, CRD's memory update) sees the 1-process batch.
@@ -59,13 +59,13 @@ def reduced_parameters(wrapped: nn.Module) -> list[nn.Parameter]:
 
 
 @torch.no_grad()
-def replicate_frozen(module: nn.Module) -> None:
-    """Rank 0's copy of everything DDP ignores (the teacher, rank-synced buffers), on every rank."""
+def replicate(module: nn.Module) -> None:
+    """Rank 0's weights and buffers on every rank, once: what DDP ignores (the teacher, rank-synced
+    buffers), and the trained modules before anything copies them (the EMA of the student)."""
     if not _active():
         return
-    named = dict((*module.named_parameters(), *module.named_buffers()))
-    for name in _frozen_names(module):
-        dist.broadcast(named[name].data, 0)
+    for t in (*module.parameters(), *module.buffers()):
+        dist.broadcast(t.data, 0)
 
 
 def convert_sync_bn(module: nn.Module) -> None:
@@ -190,5 +190,5 @@ def rank_rng(ckpt: dict[str, Any], rank: int, step: int) -> tuple[dict[str, Any]
     return state, None
 
 
-__all__ = ["wrap", "reduced_parameters", "replicate_frozen", "convert_sync_bn", "gather_batch", "rank_rows",
+__all__ = ["wrap", "reduced_parameters", "replicate", "convert_sync_bn", "gather_batch", "rank_rows",
            "broadcast_from_main", "all_mean_", "gather_rng", "rank_rng"]

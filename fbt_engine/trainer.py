@@ -195,7 +195,7 @@ class Loop:
         self.steps_per_epoch = self._steps_per_epoch()
         if rt.distributed:
             from . import ddp
-            ddp.replicate_frozen(self.module)
+            ddp.replicate(self.module)  # before the EMA copies the student
             if tc.sync_bn:
                 ddp.convert_sync_bn(self.module)
         self.optimizer = build_optimizer(self.module, tc, rt.world_size)
