@@ -152,7 +152,8 @@ class RunsScreen(FbtScreen):
                 Binding("f", "folder", "Folder", show=False), Binding("v", "log", "Log", show=False),
                 Binding("p", "config", "Config", show=False), Binding("g", "rescan", "Refresh", show=False),
                 Binding("s", "app.sweep_methods", "Sweep methods", show=False),
-                Binding("x", "stop_sweep", "Stop sweep", show=False)]
+                Binding("x", "stop_sweep", "Stop sweep", show=False),
+                Binding("e", "fold", "Fold/unfold a sweep", show=False)]
     HELP = (("enter (sweep row)", "the sweep's table (mean ± std per grid point) and its cells' accuracy curves"),
             ("space (sweep row)", "select or unselect all of the sweep's cells"),
             ("u / a / d (sweep row)", "resume the sweep in the background / watch its running cell / delete it"),
@@ -165,6 +166,8 @@ class RunsScreen(FbtScreen):
     def __init__(self) -> None:
         super().__init__()
         self.runs: list[Row] = []  # the table's rows, in order: runs, sweeps, each sweep's cells under it
+        self.scanned: list[Row] = []  # every row of the last scan, the cells of collapsed sweeps too
+        self.collapsed: set[str] = set()  # sweeps whose cells are hidden (e)
         self.marked: set[str] = set()  # row keys (a cell's is sweep/cell) of the selected runs
         self.metric = METRICS[0]
         self.shown_sweep: str | None = None  # the sweep whose table is open
@@ -186,7 +189,7 @@ class RunsScreen(FbtScreen):
 
     def _poll(self) -> None:
         """Rescan while something on the list runs (or a sweep this TUI launched is still going)."""
-        if self.is_current and (any(r.status == "running" for r in self.runs) or self._live_sweeps()):
+        if self.is_current and (any(r.status == "running" for r in self.scanned) or self._live_sweeps()):
             self.action_rescan()
 
     def _live_sweeps(self) -> list[Path]:
@@ -198,8 +201,8 @@ class RunsScreen(FbtScreen):
 
     def _caption(self) -> None:
         marked = f", {len(self.marked)} selected" if self.marked else ""
-        sweeps = [r for r in self.runs if isinstance(r, SweepSummary)]
-        runs = len(self.runs) - len(sweeps) - sum(len(s.cells) for s in sweeps)
+        sweeps = [r for r in self.scanned if isinstance(r, SweepSummary)]
+        runs = len(self.scanned) - len(sweeps) - sum(len(s.cells) for s in sweeps)
         grouped = f", {len(sweeps)} sweep{'s' if len(sweeps) != 1 else ''}" if sweeps else ""
         self.query_one("#runs-dir", Static).update(
             f"runs folder: {getattr(self.app, 'runs_dir', 'runs')}  ({runs} runs{grouped}{marked})")
@@ -213,8 +216,9 @@ class RunsScreen(FbtScreen):
         self.post_message(RunsScanned(scan_all(runs_dir, alive or [])))
 
     def on_runs_scanned(self, message: RunsScanned) -> None:
-        self.runs = message.runs
-        self.marked &= {r.key for r in self.runs if not isinstance(r, SweepSummary)}
+        self.scanned = message.runs
+        self.runs = self._visible()
+        self.marked &= {r.key for r in self.scanned if not isinstance(r, SweepSummary)}
         self._fill(self._pending_select)
         self._pending_select = None
         sweep = self._sweep(self.shown_sweep)
@@ -222,7 +226,20 @@ class RunsScreen(FbtScreen):
             self.show_sweep(sweep)  # its table and curves follow the running cells
 
     def _sweep(self, name: str | None) -> SweepSummary | None:
-        return next((r for r in self.runs if isinstance(r, SweepSummary) and r.name == name), None)
+        return next((r for r in self.scanned if isinstance(r, SweepSummary) and r.name == name), None)
+
+    def _visible(self) -> list[Row]:
+        return [r for r in self.scanned if isinstance(r, SweepSummary) or r.sweep not in self.collapsed]
+
+    def action_fold(self) -> None:
+        """Hide or show the cells of the highlighted sweep (or of the sweep the highlighted cell is in)."""
+        row = self.current()
+        sweep = row if isinstance(row, SweepSummary) else self._sweep(row.sweep) if row is not None else None
+        if sweep is None:
+            return
+        self.collapsed ^= {sweep.name}
+        self.runs = self._visible()
+        self._fill(select=sweep.key)
 
     def _fill(self, select: str | None = None) -> None:
         table = self.query_one("#runs", DataTable)
@@ -248,7 +265,7 @@ class RunsScreen(FbtScreen):
         status_text = f"{r.status} {r.completed}/{r.total}" if isinstance(r, SweepSummary) else r.status
         status = Text.from_markup(f"{escape(status_text)} {warning_badge(r.warnings)}") if r.warnings else status_text
         if isinstance(r, SweepSummary):
-            return [self._mark(r), Text(f"▾ {r.name}", style="bold"), format_date(r.started), status, r.pair,
+            return [self._mark(r), Text(f"{'▸' if r.name in self.collapsed else '▾'} {r.name}", style="bold"), format_date(r.started), status, r.pair,
                     r.grid, best, format_duration(r.duration_s)]
         name = r.name
         if r.sweep:
@@ -452,13 +469,14 @@ class RunsScreen(FbtScreen):
             self.marked = (self.marked - {run.name}) | {name}
         self.notify(f"renamed {run.name} -> {name}", timeout=3, markup=False)
         self.runs = [r for r in self.runs if r.key != run.key]
+        self.scanned = [r for r in self.scanned if r.key != run.key]
         self._pending_select = name
         self.action_rescan()
 
     # --- overlay, comparison, sweep table ----------------------------------------------------
     def chosen(self) -> list[RunSummary]:
         """The selected runs, or the highlighted one (a sweep: its cells) when none is selected."""
-        chosen = [r for r in self.runs if not isinstance(r, SweepSummary) and r.key in self.marked]
+        chosen = [r for r in self.scanned if not isinstance(r, SweepSummary) and r.key in self.marked]
         if not chosen and (current := self.current()) is not None:
             chosen = cells_of([current])
         return chosen
@@ -520,7 +538,7 @@ class RunsScreen(FbtScreen):
 
     def action_compare(self) -> None:
         current = self.current()
-        if isinstance(current, SweepSummary) and not any(c.key in self.marked for c in self.runs):
+        if isinstance(current, SweepSummary) and not self.marked:
             self.show_sweep(current)  # a sweep's comparison is its table
             return
         chosen = self.chosen()

@@ -164,6 +164,24 @@ async def test_enter_on_a_sweep_shows_its_table_and_overlay(fake_engine, sweeps)
 
 
 @pytest.mark.asyncio
+async def test_e_folds_and_unfolds_a_sweeps_cells(fake_engine, sweeps) -> None:
+    app = make_app()
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await runs_screen(pilot)
+        await goto(pilot, screen, "quick-compare/kd_s0")
+        await pilot.press("e")  # on a cell: folds its sweep
+        keys = [r.key for r in screen.runs]
+        assert not any(k.startswith("quick-compare/") for k in keys) and "old-compare/kd_s0" in keys
+        assert row_of(screen, "quick-compare")[1] == "▸ quick-compare" and screen.current().key == "quick-compare"
+        await pilot.press("g")
+        await pilot.pause(0.5)
+        assert screen.query_one("#runs", DataTable).row_count == len(keys)  # stays folded across rescans
+        await pilot.press("e")
+        assert "quick-compare/fbt_s0" in [r.key for r in screen.runs]
+        assert row_of(screen, "quick-compare")[1] == "▾ quick-compare"
+
+
+@pytest.mark.asyncio
 async def test_space_on_a_sweep_selects_all_its_cells(fake_engine, sweeps) -> None:
     app = make_app()
     async with app.run_test(size=SIZE) as pilot:
