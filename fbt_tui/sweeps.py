@@ -16,7 +16,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class SweepSummary:
     student: str = ""
     started: float | None = None
     problem: str = ""  # why the manifest could not be read
-    manifest: Any = None  # the fbt_engine.sweep.Sweep, for the results table
+    manifest: Any = field(default=None, compare=False)  # the fbt_engine.sweep.Sweep, for the results table
 
     is_sweep = True
 
@@ -127,9 +127,10 @@ def summarize_sweep(folder: Path, alive: Collection[Path] = ()) -> SweepSummary:
         statuses.append(run.status if run is not None else "pending")
         if run is not None:
             cells.append(_cell(run, folder.name))
-    return SweepSummary(folder.name, folder, sweep_status(statuses, process_alive), grid_text(sweep.axes, sweep.seeds, getattr(sweep, "vary", [])),
-                        statuses.count("completed"), len(sweep.cells), tuple(cells), sweep.base.teacher.model or "",
-                        sweep.base.student.model or "", _started(folder), manifest=sweep)
+    grid = grid_text(sweep.axes, sweep.seeds, getattr(sweep, "vary", []))
+    return SweepSummary(folder.name, folder, sweep_status(statuses, process_alive), grid, statuses.count("completed"),
+                        len(sweep.cells), tuple(cells), sweep.base.teacher.model or "", sweep.base.student.model or "",
+                        _started(folder), manifest=sweep)
 
 
 def _cell(run: RunSummary, sweep: str) -> RunSummary:

@@ -136,7 +136,8 @@ class RenameModal(ModalScreen[str]):
 def delete_modal(run: Row) -> ChoiceModal:
     if isinstance(run, SweepSummary):
         return ChoiceModal(f"Delete sweep {run.name!r}? Its whole folder goes: {run.path} ({run.total} cell runs, "
-                           "shared teachers, results). This cannot be undone.", [("delete", "Delete"), ("cancel", "Cancel")])
+                           "shared teachers, results). This cannot be undone.",
+                           [("delete", "Delete"), ("cancel", "Cancel")])
     cell = f" It is a cell of sweep {run.sweep!r}: resuming the sweep runs it again." if run.sweep else ""
     return ChoiceModal(f"Delete run {run.name!r}? Its whole folder goes: {run.path} (checkpoints, weights, "
                        f"log). This cannot be undone.{cell}", [("delete", "Delete"), ("cancel", "Cancel")])
@@ -265,7 +266,8 @@ class RunsScreen(FbtScreen):
         status_text = f"{r.status} {r.completed}/{r.total}" if isinstance(r, SweepSummary) else r.status
         status = Text.from_markup(f"{escape(status_text)} {warning_badge(r.warnings)}") if r.warnings else status_text
         if isinstance(r, SweepSummary):
-            return [self._mark(r), Text(f"{'▸' if r.name in self.collapsed else '▾'} {r.name}", style="bold"), format_date(r.started), status, r.pair,
+            fold = "▸" if r.name in self.collapsed else "▾"
+            return [self._mark(r), Text(f"{fold} {r.name}", style="bold"), format_date(r.started), status, r.pair,
                     r.grid, best, format_duration(r.duration_s)]
         name = r.name
         if r.sweep:
