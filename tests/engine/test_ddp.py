@@ -179,3 +179,33 @@ def test_fbt_shared_parameters_are_one_tensor_for_ddp():
     assert student & fused, "the fused model shares no student parameter"
     trained = [p for p in module.parameters() if p.requires_grad]  # what DDP iterates (deduplicated)
     assert len(trained) == len({id(p) for p in trained})
+
+
+def test_ranks_batches_together_are_the_single_process_batch(monkeypatch):
+    """data.make_loaders: rank r of W takes samples r, r + W, ... of one seed+epoch order, so the
+    ranks' batch k is the 1-process batch k of W times the size, in every epoch (set_epoch); the
+    validation shards cover every image once, without padding."""
+    from torch.utils.data import TensorDataset
+    from fbt_engine.data import make_loaders
+    train = TensorDataset(torch.arange(40), torch.zeros(40, dtype=torch.long))
+    val = TensorDataset(torch.arange(65), torch.zeros(65, dtype=torch.long))
+
+    def batches(loader, epoch):
+        loader.sampler.set_epoch(epoch)
+        return [x.tolist() for x, _ in loader]
+
+    one, one_val = make_loaders(train, val, 0, 8, seed=3)
+    ranks = []
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    for r in (0, 1):
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=r: r)
+        ranks.append(make_loaders(train, val, 0, 4, seed=3, distributed=True))
+    for epoch in (1, 2):
+        single = batches(one, epoch)
+        per_rank = [batches(tr, epoch) for tr, _ in ranks]
+        assert len(single) == len(per_rank[0]) == len(per_rank[1]) == 5
+        for k, b in enumerate(single):
+            assert b[0::2] == per_rank[0][k] and b[1::2] == per_rank[1][k]
+    assert batches(one, 1) != batches(one, 2)  # set_epoch reshuffles
+    shards = [sorted(x for xb, _ in vl for x in xb.tolist()) for _, vl in ranks]
+    assert len(shards[0]) == 33 and len(shards[1]) == 32 and sorted(shards[0] + shards[1]) == list(range(65))
