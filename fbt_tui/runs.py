@@ -76,19 +76,40 @@ def derive_status(state: RunState) -> str:
 def summarize(run_dir: Path) -> RunSummary | None:
     """Summarise one run folder from its events.jsonl (a folder without one reads as crashed).
 
-    None when the folder vanished or cannot be read while being scanned.
+    None when the folder vanished or cannot be read while being scanned. A run at rest is read
+    once: while its events.jsonl keeps its size and date, the summary is reused (the Runs screen
+    rescans every few seconds while something runs; replaying every finished run each time would not
+    be cheap).
     """
     events = run_dir / "events.jsonl"
+    stamp = _stamp(run_dir)
+    cached = _AT_REST.get(run_dir)
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1]
     try:
         state = replay(events) if events.is_file() else RunState(name=run_dir.name, run_dir=run_dir)
     except OSError:
         return None
     duration = as_float(state.final.get("duration_s")) if state.final is not None else None
-    return RunSummary(
+    summary = RunSummary(
         name=run_dir.name, path=run_dir, status=derive_status(state), teacher=state.teacher,
         student=state.student, method=state.method, best_top1=state.best_top1,
         duration_s=duration if duration is not None else (state.t or None), pid=state.pid,
         started=started_at(run_dir), warnings=state.warning_count, latest_warning=latest_signal(state))
+    if stamp is not None and summary.status != "running":  # a running one's status depends on its pid
+        _AT_REST[run_dir] = (stamp, summary)
+    return summary
+
+
+_AT_REST: dict[Path, tuple[tuple[int, int, float | None], RunSummary]] = {}
+
+
+def _stamp(run_dir: Path) -> tuple[int, int, float | None] | None:
+    try:
+        st = (run_dir / "events.jsonl").stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, started_at(run_dir)
 
 
 def latest_signal(state: RunState) -> str:
