@@ -5,6 +5,7 @@
     runs/<sweep>/teachers/           teachers the cells share (trained once, by the first cell needing it)
     runs/<sweep>/logs/<cell>.txt     the cell process's stderr when cells run side by side (--jobs > 1)
     runs/<sweep>/sweep.log           what the sweep printed (kept when the terminal closes)
+    runs/<sweep>/.lock               held by the process driving the sweep (its pid inside)
     runs/<sweep>/results.csv, .json  one row per cell, and mean +- std over seeds per grid point
 
 A cell is a child `fbt-engine run` (or `resume`) process in its own session: a crash in one cell is
@@ -584,6 +585,17 @@ def preflight_cells(sweep: Sweep, configs: dict[str, C.RunConfig], say: Callable
     say(f"checked {len(seen)} distinct configuration(s) of {len(sweep.cells)} cells")
 
 
+def _lock(folder: Path) -> Any:
+    """One process drives a sweep: its pid is in `.lock` for as long as it runs (the TUI reads it),
+    and a second `fbt-engine resume` of the same sweep is refused instead of doubling every cell."""
+    from .locks import FileLock
+    lock = FileLock(folder / ".lock")
+    if not lock.try_acquire():
+        raise TrainingError(f"sweep {str(folder)!r} is being run by another fbt-engine process (pid {lock.holder()})",
+                            f"wait for it to end, or stop it first (kill -INT {lock.holder()})")
+    return lock
+
+
 def execute(sweep: Sweep, say: Callable[[str], None], check_first: bool = True) -> int:
     """Run (or continue) a sweep to the end; 0 when every cell completed, 130 when stopped, 1 otherwise."""
     gpus = _gpu_count() if sweep.jobs > 1 else 0
@@ -593,6 +605,7 @@ def execute(sweep: Sweep, say: Callable[[str], None], check_first: bool = True) 
     def both(line: str) -> None:
         log(line)
         say(line)
+    lock = _lock(sweep.dir)
     runner = Runner(sweep, configs, both, gpus=gpus)
     previous = runner.install()
     try:
@@ -602,6 +615,7 @@ def execute(sweep: Sweep, say: Callable[[str], None], check_first: bool = True) 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        lock.release()
     results, groups = write_results(sweep)
     runner.say(table_text(sweep, groups).rstrip())
     runner.say(f"results: {sweep.dir / 'results.csv'} and results.json")

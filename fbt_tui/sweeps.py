@@ -4,9 +4,9 @@ their results table, delete them, and launch a sweep (or its resume) as a backgr
 A sweep folder holds `sweep.json` (the manifest) and one ordinary run folder per cell. What a sweep
 is and how its cells went is read through `fbt_engine.sweep` (`Sweep.read`, `aggregate`), the one
 source of truth; the cells themselves are summarised like any run (`fbt_tui.runs.summarize`), so a
-cell whose process is alive reads as running. The engine records no pid for the sweep process
-itself: a sweep reads as running while one of its cells runs, or while the sweep process this TUI
-launched is alive (between cells, during its checks). Pure stdlib at import; `fbt_engine.sweep` is
+cell whose process is alive reads as running. The sweep process keeps its pid in the folder's
+`.lock` while it runs: a sweep reads as running while that pid is alive, one of its cells runs, or
+the sweep process this TUI launched is alive. Pure stdlib at import; `fbt_engine.sweep` is
 imported where used (it is torch-free, but not needed for the first frame).
 """
 
@@ -109,7 +109,7 @@ def summarize_sweep(folder: Path, alive: Collection[Path] = ()) -> SweepSummary:
     from fbt_engine.errors import FBTError
     from fbt_engine.sweep import Sweep
 
-    process_alive = folder.resolve() in {Path(p).resolve() for p in alive}
+    process_alive = folder.resolve() in {Path(p).resolve() for p in alive} or driver_pid(folder) is not None
     try:
         sweep = Sweep.read(folder)
     except FBTError as exc:
@@ -183,7 +183,7 @@ def delete_sweep(folder: Path) -> None:
     """Delete a sweep folder with every cell (refused while an engine writes one of its cells)."""
     if folder.is_symlink() or not (folder / MANIFEST).is_file():
         raise OSError(f"{folder} is not a sweep folder")
-    locks = []
+    locks = [_hold_folder(folder)]  # the sweep's own lock first: RunBusy while a process drives it
     try:
         for cell in sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()):
             if (cell / "config.toml").is_file() or (cell / "events.jsonl").is_file():
@@ -194,10 +194,24 @@ def delete_sweep(folder: Path) -> None:
             lock.release()
 
 
+def driver_pid(folder: Path) -> int | None:
+    """The pid the sweep process keeps in the folder's `.lock` while it runs, if it is alive."""
+    from .engine_client import pid_alive
+    try:
+        pid = int((folder / ".lock").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
 def sweep_pid(sweep: SweepSummary) -> int | None:
     """The pid of the process driving a running sweep launched elsewhere (a shell, another TUI): the
-    parent of a running cell, if that parent is an fbt-engine sweep. Linux only (/proc); None when
-    it cannot be told, so nothing else is ever signalled."""
+    one in its `.lock`, else (a sweep from an older engine) the parent of a running cell if that
+    parent is an fbt-engine sweep (Linux /proc); None when it cannot be told, so nothing else is
+    ever signalled."""
+    pid = driver_pid(sweep.path)
+    if pid is not None:
+        return pid
     for cell in sweep.running_cells:
         parent = _parent_pid(cell.pid)
         if parent is not None and _is_sweep_process(parent, sweep.path):

@@ -162,3 +162,21 @@ def test_a_closed_terminal_does_not_stop_the_sweep(tmp_path):
     assert proc.wait(timeout=600) == 0
     assert [r["status"] for r in _rows(folder / "results.csv")] == ["completed", "completed"]
     assert "scratch_s1: student" in (folder / "sweep.log").read_text()
+
+
+def test_one_process_drives_a_sweep_and_its_pid_is_in_the_lock(tmp_path):
+    from fbt_tui.sweeps import driver_pid
+    proc = subprocess.Popen([*ENGINE, "sweep", str(TINY), "--grid", "method=scratch", "--runs-dir", str(tmp_path),
+                             "--name", "sw", "--set", "train.epochs=30"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    folder = tmp_path / "sw"
+    events = folder / "scratch_s0" / "events.jsonl"
+    try:
+        _wait_for(lambda: events.is_file() and '"type":"step"' in events.read_text())
+        assert driver_pid(folder) == proc.pid
+        res = subprocess.run([*ENGINE, "resume", str(folder)], capture_output=True, text=True, timeout=120, env=ENV)
+        assert res.returncode == 2 and f"being run by another fbt-engine process (pid {proc.pid})" in res.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert driver_pid(folder) is None
