@@ -75,11 +75,12 @@ def main(out: str, only: list[str]) -> None:
             if type_ == "step":
                 self.steps.append({"loss": kw["loss"], "terms": kw["terms"]})
 
-    cases = [(m, []) for m in methods.names()] + [("ofa0", ["loss.ofa_branch=0"])]
+    cases = [(m, []) for m in methods.names()]
+    cases += [("ofa0", ["loss.ofa_branch=0"]), ("fbt_fs", ["loss.paths=[\"f->s\"]"])]  # parameters left unused
     for name, extra in cases:
         if only and name not in only:
             continue
-        method = "ofa" if name == "ofa0" else name
+        method = {"ofa0": "ofa", "fbt_fs": "fbt"}.get(name, name)
         mcfg = C.with_overrides(cfg, [f"method=\"{method}\"", *extra])
         seed_everything(mcfg.seed + rt.rank)  # as run.py: each rank its own stream; DDP sends rank 0's weights
         cls = methods.get(method)
@@ -100,8 +101,14 @@ def main(out: str, only: list[str]) -> None:
             teacher_ids = {id(p) for p in module.teacher.parameters()} if module.teacher is not None else set()
             entry["ddp"] = {"reduced": len(reduced), "unique_reduced": len({id(p) for p in reduced}),
                             "trained": len(trained), "teacher_reduced": sum(id(p) in teacher_ids for p in reduced)}
+        before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
         loop.run()
         entry["steps"] = rec.steps
+        # parameters no term reaches (zero weights): no gradient, left as they were (as one process leaves them)
+        idle = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+        entry["idle"] = len(idle)
+        entry["idle_moved"] = max([float((dict(module.named_parameters())[n].detach() - before[n]).abs().max()) for n in idle],
+                                  default=0.0)
         if method == "crd":  # the memory bank must be the same on every rank
             bank = module.crd.memory.memory_s.clone()
             if rt.distributed:

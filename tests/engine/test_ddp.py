@@ -45,7 +45,7 @@ def test_two_ranks_train_what_one_rank_trains_for_every_method(tmp_path):
     _run([*TORCHRUN, str(WORKER), str(two)])
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert (a["world"], b["world"]) == (1, 2)
-    assert set(methods.names()) <= set(a) and "ofa0" in a  # every method, and OFA with unused branches
+    assert set(methods.names()) <= set(a) and {"ofa0", "fbt_fs"} <= set(a)  # every method; unused parameters
     for name in a.keys() - {"world"}:
         la, lb = ([s["loss"] for s in r[name]["steps"]] for r in (a, b))
         assert len(la) == len(lb) == 3, name
@@ -55,6 +55,8 @@ def test_two_ranks_train_what_one_rank_trains_for_every_method(tmp_path):
             assert sb["terms"] == pytest.approx(sa["terms"], rel=STEPK_RTOL, abs=1e-6), name
         d = b[name]["ddp"]  # DDP reduces each trained parameter once and no teacher parameter
         assert d["reduced"] == d["unique_reduced"] == d["trained"] and d["teacher_reduced"] == 0, (name, d)
+    for name in ("ofa0", "fbt_fs"):  # parameters left unused: the same ones on 1 and 2 ranks, never updated
+        assert a[name]["idle"] == b[name]["idle"] > 0 and a[name]["idle_moved"] == b[name]["idle_moved"] == 0.0
     assert b["crd"]["bank_max_diff"] == 0.0  # CRD's memory bank is the same on both ranks
     # evaluation sharded over 2 ranks without padding: 65 images, 33 + 32, the 1-rank numbers exactly
     assert a["fbt"]["eval0"]["count"] == b["fbt"]["eval0"]["count"] == 65
