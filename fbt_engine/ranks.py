@@ -204,8 +204,8 @@ def _main_stack() -> tuple[str, str, bool]:
     stack = traceback.extract_stack(frame)
     waiting = any(("torch/distributed" in f.filename or "torch/autograd" in f.filename
                    or f.name in ("_agree", "_gather")) for f in stack)
-    where = next((f"{Path(f.filename).name}:{f.lineno} ({f.name})" for f in reversed(stack)
-                  if "fbt_engine" in f.filename), f"{Path(stack[-1].filename).name}:{stack[-1].lineno}")
+    ours = [f"{Path(f.filename).name}:{f.lineno} ({f.name})" for f in reversed(stack) if "fbt_engine" in f.filename]
+    where = " <- ".join(ours[:2]) or f"{Path(stack[-1].filename).name}:{stack[-1].lineno}"
     return where, "".join(traceback.format_list(stack)), waiting
 
 
