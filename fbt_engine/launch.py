@@ -7,7 +7,8 @@ The command checks the preset once (as `run` does), then runs
 
 in its own session, so the terminal's Ctrl-C reaches the launcher only, which forwards it once:
 torchrun passes it to every rank (each finishes its step, rank 0 saves a checkpoint, exit 0); a
-second Ctrl-C goes straight to the ranks (abort at once). Writing `torchrun ... -m fbt_engine.cli
+second Ctrl-C goes straight to the ranks (abort at once). If the launcher itself is killed, torchrun
+gets SIGTERM (the parent-death signal) and stops the ranks the same way. Writing `torchrun ... -m fbt_engine.cli
 run PRESET` by hand stays equivalent.
 
 One node: `--standalone` rendezvous (a free port on localhost). Several nodes: either a static
@@ -160,11 +161,23 @@ def execute(launch: Launch, command: list[str], jsonl: bool = False, run_dir: Pa
     with tempfile.TemporaryDirectory(prefix="fbt-launch-") as tmp:
         marker = Path(tmp) / "run_dir"
         env = {**os.environ, "FBT_LAUNCH_RUN_FILE": str(marker)}
-        proc = subprocess.Popen(torchrun_argv(launch, command), env=env, start_new_session=True)
+        proc = subprocess.Popen(torchrun_argv(launch, command), env=env, start_new_session=True,
+                                preexec_fn=_stop_with_parent)
         code = _wait(proc)
         if run_dir is None and marker.is_file():
             run_dir = Path(marker.read_text())
     return settle(run_dir, code, jsonl) if run_dir is not None else code
+
+
+def _stop_with_parent() -> None:
+    """In torchrun's process, before it starts: when the launcher dies (SIGKILL, a TUI's kill),
+    torchrun gets SIGTERM and stops its ranks (they are in sessions of their own) instead of
+    training on as orphans. Linux only; elsewhere nothing."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _wait(proc: subprocess.Popen) -> int:

@@ -206,3 +206,25 @@ def test_readme_launch_examples_build_the_documented_torchrun_commands(monkeypat
 def test_resume_with_gpus_needs_a_run_folder(tmp_path):
     res = CliRunner().invoke(app, ["resume", str(tmp_path), "--nproc-per-node", "2"])
     assert res.exit_code == 2 and "is not a run folder" in res.output
+
+
+def test_killing_the_launcher_stops_the_ranks(tmp_path):
+    """A TUI's kill (SIGKILL to the launcher) must not leave the ranks training as orphans: torchrun
+    gets the parent-death signal and stops them (rank 0 saves; `finished` `stopped`)."""
+    from fbt_engine import ranks as R
+    proc = launch(tmp_path, "--jsonl")
+    for line in proc.stdout:
+        ev = json.loads(line)
+        if ev["type"] == "step" and ev["epoch"] == 2:
+            break
+    notes = [json.loads(p.read_text()) for p in (tmp_path / "tiny" / "ranks").glob("*/rank-?.json")]
+    pids = [n["pid"] for n in notes]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 45
+    while any(R._alive(pid) for pid in pids) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not any(R._alive(pid) for pid in pids), "ranks outlived the launcher"
+    evs = events(tmp_path / "tiny")
+    assert evs[-1]["type"] in ("finished", "failed"), evs[-1]
