@@ -69,7 +69,7 @@ class RankBoard:
         self.host = socket.gethostname()
 
     @staticmethod
-    def start(run_dir: Path, rank: int, world: int, attempt: str) -> "RankBoard":
+    def start(run_dir: Path, rank: int, world: int, attempt: str) -> RankBoard:
         """Rank 0 removes older attempts' notes; every rank then writes its own start note."""
         root = run_dir / "ranks"
         if rank == 0 and root.is_dir():
@@ -226,7 +226,7 @@ class Watchdog:
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fbt-watchdog", daemon=True)
 
-    def start(self) -> "Watchdog":
+    def start(self) -> Watchdog:
         self._thread.start()
         return self
 

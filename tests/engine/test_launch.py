@@ -152,7 +152,8 @@ def test_a_rank_that_raises_is_named_with_its_error(tmp_path):
     proc = launch(tmp_path, env={"FBT_FAULT": "distill.step@6=error", "FBT_FAULT_RANK": "1"})
     code, after, err = watch(proc, tmp_path / "tiny")
     print(f"raising rank: job ended {after:.1f} s after the last step event")
-    assert code == 1 and after < 30
+    assert code == 1 and after < 30, err[-2000:]
+    assert "fault injected at distill.step" in err  # rank 1's traceback reaches the launcher's stderr
     ev = failed(tmp_path / "tiny")
     assert ev["kind"] == "rank_failed" and ev["rank"] == 1
     assert "fault injected at distill.step" in ev["message"]
@@ -173,7 +174,7 @@ def test_when_rank_0_is_killed_the_launcher_writes_the_failed_event(tmp_path):
     proc = launch(tmp_path, env={"FBT_FAULT": "distill.step@6=kill", "FBT_FAULT_RANK": "0"})
     code, after, err = watch(proc, tmp_path / "tiny")
     print(f"killed rank 0: job ended {after:.1f} s after the last step event")
-    assert code == 1 and after < 30
+    assert code == 1 and after < 30, err[-2000:]
     ev = failed(tmp_path / "tiny")
     assert ev["kind"] == "rank_lost" and ev["rank"] == 0 and "launcher" in ev["hint"]
 
@@ -181,7 +182,7 @@ def test_when_rank_0_is_killed_the_launcher_writes_the_failed_event(tmp_path):
 def test_readme_launch_examples_build_the_documented_torchrun_commands(monkeypatch, tmp_path):
     """Every `fbt-engine run/resume ... --gpus/--nproc-per-node` line of the README is accepted and
     becomes the torchrun command the README says (launched here with torchrun itself stubbed)."""
-    import fbt_engine.preflight as preflight
+    from fbt_engine import preflight
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     lines = [ln.split("#")[0].split() for ln in readme.splitlines()
              if ln.startswith("fbt-engine ") and ("--gpus" in ln or "--nproc-per-node" in ln)]

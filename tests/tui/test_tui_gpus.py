@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import Select, Static
+from tui_helpers import SIZE, kill_leftovers, make_app, wait_for
 
 import fbt_tui.screens.configure as configure_screen
-from tui_helpers import SIZE, kill_leftovers, make_app, wait_for
 
 pytestmark = pytest.mark.asyncio
 
