@@ -25,7 +25,7 @@ from .commands import FbtCommands
 from .engine_client import RunSession
 from .service import EngineService
 from .messages import CatalogLoaded, LoadPreset, OpenRun, PairChosen, PresetEdited, PresetSaved, RunEnded, StartRun
-from .run_state import RunState, replay
+from .run_state import RunState, replay, same_ranks
 from .runs import RunSummary
 from .screens.catalog import CatalogScreen
 from .state import AppState, choose, edit, failed_load, keep_pair, loaded_state, pair_conflict, reset, saved_state
@@ -347,7 +347,7 @@ class FbtApp(App[None]):
                 self.watch_session(RunSession(replay(run.events_path)))
             elif message.how == "resume":
                 state = replay(run.events_path) if run.events_path.is_file() else RunState(run.name, run.path)
-                self.start_session(state, ["resume", str(run.path), "--jsonl"])
+                self.start_session(state, ["resume", str(run.path), "--jsonl", *same_ranks(state)])
                 return
             else:
                 self._attach(run)

@@ -406,3 +406,11 @@ def replay(events_path: str | Path) -> RunState:
         state.mark_crashed("the run ended without a final event (its process was killed, or the machine went down)",
                            f"the last lines of {state.run_dir / 'log.txt'} may say why; u resumes it from its last checkpoint")
     return state
+
+
+def same_ranks(state: RunState) -> list[str]:
+    """The launch options that resume a run on as many ranks as it trained on (`fbt-engine resume
+    RUN --gpus N`; CPU ranks: `--nproc-per-node N`); none for a one-process run."""
+    if state.world_size <= 1:
+        return []
+    return ["--gpus" if state.device.startswith("cuda") else "--nproc-per-node", str(state.world_size)]

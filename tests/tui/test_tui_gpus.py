@@ -45,3 +45,16 @@ async def test_several_gpus_offered_and_the_run_shows_each_ranks_throughput(fake
             assert " --gpus 2" in calls.read_text()
         finally:
             kill_leftovers(app)
+
+
+async def test_a_run_resumes_on_as_many_ranks_as_it_trained_on() -> None:
+    from fbt_engine.events import Event
+    from fbt_tui.run_state import RunState, same_ranks
+
+    def started(device: str, world: int) -> RunState:
+        state = RunState(name="r")
+        state.apply(Event(type="started", run="r", t=0.0, data={"device": device, "world_size": world}))
+        return state
+    assert same_ranks(started("cuda:0", 4)) == ["--gpus", "4"]
+    assert same_ranks(started("cpu", 2)) == ["--nproc-per-node", "2"]
+    assert same_ranks(started("cuda:0", 1)) == [] and same_ranks(RunState(name="r")) == []
