@@ -1,15 +1,15 @@
 """`fbt-engine run/resume --gpus N` (or `--nproc-per-node N`): torchrun started for the user.
 
-The command checks the preset once (as `run` does), then runs
+The command checks the preset once (as `run` does), then runs torchrun's own `main` with
 
-    python -m torch.distributed.run [rendezvous] --nproc-per-node N --max-restarts 0 \\
+    [rendezvous] --nproc-per-node N --max-restarts 0 \\
         -m fbt_engine.cli run PRESET [--set ...] [--name ...] [--runs-dir ...] [--jsonl]
 
 in its own session, so the terminal's Ctrl-C reaches the launcher only, which forwards it once:
 torchrun passes it to every rank (each finishes its step, rank 0 saves a checkpoint, exit 0); a
-second Ctrl-C goes straight to the ranks (abort at once). If the launcher itself is killed, torchrun
-gets SIGTERM (the parent-death signal) and stops the ranks the same way. Writing `torchrun ... -m fbt_engine.cli
-run PRESET` by hand stays equivalent.
+second Ctrl-C goes straight to the ranks (abort at once). If the launcher itself is killed,
+torchrun gets SIGTERM (the parent-death signal) and stops the ranks the same way. Typing
+`torchrun ... -m fbt_engine.cli run PRESET` by hand stays equivalent.
 
 One node: `--standalone` rendezvous (a free port on localhost). Several nodes: either a static
 `--master HOST:PORT` with `--node-rank R` on each node, or a `--rdzv-endpoint HOST:PORT` with a
@@ -128,9 +128,10 @@ def run_folder(path: str) -> Path:
     return Path(path)
 
 
-def torchrun_argv(launch: Launch, command: list[str]) -> list[str]:
-    """The torchrun command line for `command` (the `fbt_engine.cli` arguments of one rank)."""
-    argv = [sys.executable, "-m", "torch.distributed.run"]
+def torchrun_args(launch: Launch, command: list[str]) -> list[str]:
+    """torchrun's arguments for `command` (the `fbt_engine.cli` arguments of one rank): what a user
+    would type after `torchrun`."""
+    argv: list[str] = []
     if launch.nodes == 1 and not (launch.master or launch.rdzv_endpoint):
         argv += ["--standalone"]
     else:
@@ -143,6 +144,11 @@ def torchrun_argv(launch: Launch, command: list[str]) -> list[str]:
         argv += ["--rdzv-id", launch.rdzv_id] if launch.rdzv_id else []
     argv += ["--nproc-per-node", str(launch.nproc), "--max-restarts", "0", "-m", "fbt_engine.cli", *command]
     return argv
+
+
+def torchrun_argv(launch: Launch, command: list[str]) -> list[str]:
+    """The process the launcher starts: torchrun's own `main` through this module (see `_torchrun`)."""
+    return [sys.executable, "-m", "fbt_engine.launch", *torchrun_args(launch, command)]
 
 
 def rank_command(verb: str, target: str, sets: list[str] | None = None, name: Optional[str] = None,
@@ -254,3 +260,20 @@ def _resume_hint(run_dir: Path) -> str:
     if any((ckpts / n).is_file() for n in ("last.pt", "teacher-last.pt")):
         return f"the last checkpoint is kept: fbt-engine resume {run_dir}"
     return "no checkpoint had been written yet: start the run again with `fbt-engine run`"
+
+
+def _torchrun(argv: list[str]) -> int:
+    """torchrun (`torch.distributed.run.main`), except that a stop forwarded by the launcher ends
+    without torchrun's SignalException traceback (the ranks have stopped and saved by then); a
+    rank's failure still prints torchrun's summary of which rank failed how."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+    try:
+        main(argv)
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_torchrun(sys.argv[1:]))
