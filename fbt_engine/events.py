@@ -9,6 +9,8 @@ fields are defined once, as dataclasses, in `fbt_engine.protocol` (re-exported h
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 import time
@@ -133,7 +135,8 @@ class Emitter:
 
     def send(self, body: EventBody) -> Event:
         """Emit a typed event (its dataclass fields become the event's fields)."""
-        return self.emit(body.TYPE, **{f: getattr(body, f) for f in body.__dataclass_fields__})
+        # dataclasses.fields, not __dataclass_fields__: the latter also lists ClassVars (TYPE)
+        return self.emit(body.TYPE, **{f.name: getattr(body, f.name) for f in dataclasses.fields(body)})
 
     def emit(self, type: str, **data: Any) -> Event:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)
