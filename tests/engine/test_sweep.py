@@ -149,26 +149,13 @@ def test_a_key_in_grid_and_vary_is_refused(tmp_path):
     assert res.returncode == 2 and "'fusion.split' is in --grid and in --vary" in res.stderr
 
 
-def test_a_closed_terminal_does_not_stop_the_sweep(tmp_path):
-    """SIGHUP and a reader that went away: the sweep and its cells go on, into sweep.log and the run folders."""
+def test_one_driver_in_the_lock_and_a_closed_terminal_does_not_stop_the_sweep(tmp_path):
+    """The driving process's pid is in the sweep's .lock (a second resume is refused); then SIGHUP and a
+    reader that went away: the sweep and its cells go on, into sweep.log and the run folders."""
+    from fbt_tui.sweeps import driver_pid
     proc = subprocess.Popen([*ENGINE, "sweep", str(TINY), "--grid", "method=scratch", "--seeds", "0,1",
                              "--runs-dir", str(tmp_path), "--name", "sw"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    folder = tmp_path / "sw"
-    events = folder / "scratch_s0" / "events.jsonl"
-    _wait_for(lambda: events.is_file() and '"type":"step"' in events.read_text())
-    proc.send_signal(signal.SIGHUP)
-    proc.stderr.close()  # the terminal is gone: every later write to it fails
-    assert proc.wait(timeout=600) == 0
-    assert [r["status"] for r in _rows(folder / "results.csv")] == ["completed", "completed"]
-    assert "scratch_s1: student" in (folder / "sweep.log").read_text()
-
-
-def test_one_process_drives_a_sweep_and_its_pid_is_in_the_lock(tmp_path):
-    from fbt_tui.sweeps import driver_pid
-    proc = subprocess.Popen([*ENGINE, "sweep", str(TINY), "--grid", "method=scratch", "--runs-dir", str(tmp_path),
-                             "--name", "sw", "--set", "train.epochs=30"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
     folder = tmp_path / "sw"
     events = folder / "scratch_s0" / "events.jsonl"
     try:
@@ -176,7 +163,12 @@ def test_one_process_drives_a_sweep_and_its_pid_is_in_the_lock(tmp_path):
         assert driver_pid(folder) == proc.pid
         res = subprocess.run([*ENGINE, "resume", str(folder)], capture_output=True, text=True, timeout=120, env=ENV)
         assert res.returncode == 2 and f"being run by another fbt-engine process (pid {proc.pid})" in res.stderr
+        proc.send_signal(signal.SIGHUP)
+        proc.stderr.close()  # the terminal is gone: every later write to it fails
+        assert proc.wait(timeout=600) == 0
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=120)
+        if proc.poll() is None:
+            proc.kill()
+    assert [r["status"] for r in _rows(folder / "results.csv")] == ["completed", "completed"]
+    assert "scratch_s1: student" in (folder / "sweep.log").read_text()
     assert driver_pid(folder) is None
