@@ -81,6 +81,24 @@ def _named(phase: str, group: str, scalars: dict[str, float]) -> dict[str, float
     return {f"{phase}/{group}/{name}": value for name, value in scalars.items()}
 
 
+class _PhaseSink:
+    """What the trackers share: `step` events as `<phase>/train/<term>`, epoch rows as
+    `<phase>/epoch/<column>`, both at the phase's global step; a tracker says how to `_log`."""
+
+    steps: _Steps
+
+    def _log(self, phase: str, group: str, scalars: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def step(self, ev: Event) -> None:
+        phase, step = self.steps.of_step(ev)
+        self._log(phase, "train", step_scalars(ev), step)
+
+    def row(self, row: dict[str, Any]) -> None:
+        phase, step = self.steps.of_row(row)
+        self._log(phase, "epoch", row_scalars(row), step)
+
+
 @contextlib.contextmanager
 def _stdout_to_stderr() -> Iterator[None]:
     """Trackers print banners; stdout is the engine's data stream (`--jsonl`), so they go to stderr."""
@@ -88,7 +106,7 @@ def _stdout_to_stderr() -> Iterator[None]:
         yield
 
 
-class WandbSink:
+class WandbSink(_PhaseSink):
     """One W&B run per run folder, its files under runs/<name>/wandb/. Each phase has its own x axis
     (`<phase>/step`, by define_metric) rather than wandb.log's `step=`, which must grow across the
     whole W&B run and would drop the distillation's steps after the teacher phase's."""
@@ -112,14 +130,6 @@ class WandbSink:
             self.phases.add(phase)
         self.run.log({f"{phase}/step": step, **_named(phase, group, scalars)})
 
-    def step(self, ev: Event) -> None:
-        phase, step = self.steps.of_step(ev)
-        self._log(phase, "train", step_scalars(ev), step)
-
-    def row(self, row: dict[str, Any]) -> None:
-        phase, step = self.steps.of_row(row)
-        self._log(phase, "epoch", row_scalars(row), step)
-
     def end(self, ev: Event) -> None:
         self.exit_code = 1 if ev.type == "failed" else 0
 
@@ -128,7 +138,7 @@ class WandbSink:
             self.run.finish(exit_code=self.exit_code)
 
 
-class TrackioSink:
+class TrackioSink(_PhaseSink):
     """A trackio run named as the run folder, in trackio's own local store ($TRACKIO_DIR; a Space or
     server only with $TRACKIO_SPACE_ID / $TRACKIO_SERVER_URL). A resumed run continues it by name."""
 
@@ -141,13 +151,8 @@ class TrackioSink:
         _remember(run_dir, "trackio", cfg.name)
         self.trackio, self.steps = trackio, _Steps()
 
-    def step(self, ev: Event) -> None:
-        phase, step = self.steps.of_step(ev)
-        self.run.log(_named(phase, "train", step_scalars(ev)), step=step)
-
-    def row(self, row: dict[str, Any]) -> None:
-        phase, step = self.steps.of_row(row)
-        self.run.log(_named(phase, "epoch", row_scalars(row)), step=step)
+    def _log(self, phase: str, group: str, scalars: dict[str, float], step: int) -> None:
+        self.run.log(_named(phase, group, scalars), step=step)
 
     def close(self) -> None:
         with _stdout_to_stderr():
@@ -177,7 +182,7 @@ def _local_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}"
 
 
-class MlflowSink:
+class MlflowSink(_PhaseSink):
     """An MLflow run in experiment `log.project`, through MlflowClient (no global active run). Params
     are the flattened resolved preset, logged once when the MLflow run is made."""
 
@@ -222,14 +227,6 @@ class MlflowSink:
         metrics = [Metric(mlflow_key(k), float(v), now, step) for k, v in _named(phase, group, scalars).items()]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
-
-    def step(self, ev: Event) -> None:
-        phase, step = self.steps.of_step(ev)
-        self._log(phase, "train", step_scalars(ev), step)
-
-    def row(self, row: dict[str, Any]) -> None:
-        phase, step = self.steps.of_row(row)
-        self._log(phase, "epoch", row_scalars(row), step)
 
     def end(self, ev: Event) -> None:
         stopped = ev.type == "finished" and ev.get("reason") == "stopped"
