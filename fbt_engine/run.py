@@ -505,24 +505,30 @@ def _locked(run_dir: Path, rank: int) -> Any:
     return lock_run_folder(run_dir) if rank == 0 else None
 
 
-def _new_run_dir(cfg: C.RunConfig) -> Path:
+def unique_folder(runs: Path, name: str) -> Path:
     """runs/<name>, or <name>-2, -3 ... when taken; made with one mkdir, so concurrent starts never
-    share a folder, and a run folder is never overwritten."""
-    from .checkpoint import WriteError, write_bytes_atomic
-    runs = Path(cfg.runs_dir)
+    share a folder, and a folder is never overwritten (runs and sweeps alike)."""
+    from .checkpoint import WriteError
     try:
         runs.mkdir(parents=True, exist_ok=True)
         n = 1
         while True:
-            path = runs / (cfg.name if n == 1 else f"{cfg.name}-{n}")
+            path = runs / (name if n == 1 else f"{name}-{n}")
             try:
                 path.mkdir()
-                break
+                return path
             except FileExistsError:
                 n += 1
     except OSError as exc:
         raise WriteError(f"cannot create a run folder under {str(runs)!r}: {exc.strerror or exc}",
                          "choose a writable folder with --runs-dir") from None
+
+
+def _new_run_dir(cfg: C.RunConfig) -> Path:
+    """A fresh run folder (unique_folder) holding the resolved config.toml, or nothing at all."""
+    from .checkpoint import WriteError, write_bytes_atomic
+    runs = Path(cfg.runs_dir)
+    path = unique_folder(runs, cfg.name)
     try:
         write_bytes_atomic(C.dumps(C.replace(cfg, name=path.name)).encode(), path / "config.toml")
     except WriteError as exc:  # a folder without config.toml is no run (resume refuses it): leave nothing

@@ -339,10 +339,6 @@ class Runner:
                         break
                     order.remove(nxt)
                     self._launch(nxt)
-            if not self.running and order and self._next_ready(order) is None and not self.stopping:
-                # only cells waiting for a teacher nobody is training: the next one trains it
-                nxt = order.pop(0)
-                self._launch(nxt)
             time.sleep(0.2)
         self._reap(wait=True)
 
@@ -551,7 +547,7 @@ def _gpu_count() -> int:
 def new_sweep(preset: str, grid: list[str], seeds: str, jobs: int, overrides: list[str], name: str | None,
               runs_dir: str | None, vary: list[str] | None = None) -> Sweep:
     """Plan and check every cell (configs validated, preflight per distinct config), then make the folder."""
-    from .run import _new_run_dir  # one folder-naming rule for runs and sweeps (name, name-2, ...)
+    from .run import unique_folder  # one folder-naming rule for runs and sweeps (name, name-2, ...)
     if jobs < 1:
         raise ConfigError(f"--jobs {jobs} must be at least 1", "e.g. --jobs 2 runs two cells side by side")
     base = C.load_preset(preset, overrides)
@@ -559,14 +555,14 @@ def new_sweep(preset: str, grid: list[str], seeds: str, jobs: int, overrides: li
     both = [a.key for a in axes if a.key in {v.key for v in varied}]
     if both:
         raise ConfigError(f"{both[0]!r} is in --grid and in --vary", "give a key to one of them")
-    cells = plan_cells(axes, parse_seeds(seeds, base.seed), varied)
+    seed_list = parse_seeds(seeds, base.seed)
+    cells = plan_cells(axes, seed_list, varied)
     base = C.replace(base, name=name or f"{base.name}-sweep", runs_dir=runs_dir or base.runs_dir)
     C.check_name(base.name, "--name")
     for cell in cells:
         cell_config(base, cell)  # every grid value valid before anything starts
-    folder = _new_run_dir(C.replace(base, name=base.name))
-    (folder / "config.toml").unlink()  # _new_run_dir writes a run's config.toml; a sweep has sweep.json
-    sweep = Sweep(folder, preset, base, axes, parse_seeds(seeds, base.seed), cells, jobs, varied)
+    folder = unique_folder(Path(base.runs_dir), base.name)
+    sweep = Sweep(folder, preset, base, axes, seed_list, cells, jobs, varied)
     sweep.write()
     return sweep
 
