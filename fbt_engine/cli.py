@@ -330,7 +330,8 @@ def sweep(
     sweep (again: abort); `fbt-engine resume <sweep folder>` continues it."""
     if not grid and not vary:
         raise FBTError("sweep needs at least one --grid KEY=V1,V2,... or --vary KEY=V1,V2,...",
-                       "e.g. --grid method=scratch,kd,fbt --seeds 0,1,2 (or use `compare` for every method)")
+                       "e.g. --grid method=scratch,kd,fbt --seeds 0,1,2; one configuration over seeds: "
+                       "--grid method=fbt --seeds 0,1,2 (or use `compare` for every method)")
     _run_sweep(preset, grid or [], seeds, jobs, set_ or [], name, runs_dir, vary or [])
 
 

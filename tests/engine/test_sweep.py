@@ -149,6 +149,13 @@ def test_a_key_in_grid_and_vary_is_refused(tmp_path):
     assert res.returncode == 2 and "'fusion.split' is in --grid and in --vary" in res.stderr
 
 
+def test_a_sweep_without_grid_or_vary_is_refused_with_the_seeds_only_form(tmp_path):
+    res = subprocess.run([*ENGINE, "sweep", str(TINY), "--seeds", "0,1,2", "--runs-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, env=ENV)
+    assert res.returncode == 2 and "needs at least one --grid" in res.stderr
+    assert "--grid method=fbt --seeds 0,1,2" in res.stderr and not any(tmp_path.iterdir())
+
+
 def test_one_driver_in_the_lock_and_a_closed_terminal_does_not_stop_the_sweep(tmp_path):
     """The driving process's pid is in the sweep's .lock (a second resume is refused); then SIGHUP and a
     reader that went away: the sweep and its cells go on, into sweep.log and the run folders."""
