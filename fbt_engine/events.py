@@ -9,12 +9,10 @@ fields are defined once, as dataclasses, in `fbt_engine.protocol` (re-exported h
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
@@ -136,7 +134,7 @@ class Emitter:
     def send(self, body: EventBody) -> Event:
         """Emit a typed event (its dataclass fields become the event's fields)."""
         # dataclasses.fields, not __dataclass_fields__: the latter also lists ClassVars (TYPE)
-        return self.emit(body.TYPE, **{f.name: getattr(body, f.name) for f in dataclasses.fields(body)})
+        return self.emit(body.TYPE, **{f.name: getattr(body, f.name) for f in fields(body)})
 
     def emit(self, type: str, **data: Any) -> Event:
         event = Event(type=type, run=self.run, t=round(time.monotonic() - self.t0, 4), data=data)

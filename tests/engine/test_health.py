@@ -4,11 +4,9 @@ shows a warning landing in events.jsonl and log.txt."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import json
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -212,8 +210,7 @@ def test_a_real_run_writes_its_warnings_to_events_and_log(tmp_path: Path) -> Non
     assert 0 < steps[0].get("signals")["fused_spread"] < 1
     warnings = [e for e in items if e.type == "warning"]
     assert [(w.get("rule"), w.get("signal"), w.get("step")) for w in warnings] == [("collapse", "fused_spread", 1)]
-    from fbt_engine.protocol import HealthWarning
-    assert set(warnings[0].data) == {f.name for f in dataclasses.fields(HealthWarning)}  # the declared fields only
+    assert set(warnings[0].data) == {f.name for f in fields(HealthWarning)}  # the declared fields only
     assert warnings[0].get("value") == pytest.approx(steps[0].get("signals")["fused_spread"], abs=1e-5)
     log = (run_dir / "log.txt").read_text(encoding="utf-8")
     assert "warning (distill step 1): fused_spread = " in log and "hint: " in log
